@@ -1,0 +1,136 @@
+"""The backbone protocol: a joint image-text embedding model with its own preprocessing.
+
+Every backbone is a ``torch.nn.Module`` that carries its preprocessing and its
+tokenizer, so ``create_backbone(spec)`` is all a user needs::
+
+    model = create_backbone("tiny:world")
+    img = model.encode_images(["a.png", "b.png"])      # (2, D), L2-normalised
+    txt = model.encode_texts(["a red circle"])          # (1, D), L2-normalised
+
+Subclasses implement the differentiable ``forward_*`` hooks; the high-level
+``encode_*`` calls batch, preprocess and run them without gradients.
+Textual-inversion methods use ``forward_texts_pseudo``: texts containing the
+placeholder word (``$`` by default) are encoded with the placeholder's token
+embedding replaced by a given vector. World-model methods use
+``forward_image_tokens`` to get patch tokens.
+"""
+from __future__ import annotations
+
+import abc
+import hashlib
+import os
+from pathlib import Path
+from typing import Any, Iterable, Sequence, Union
+
+import torch
+from PIL import Image
+from torch import nn
+from tqdm.auto import tqdm
+
+ImageLike = Union[str, os.PathLike, Image.Image]
+PLACEHOLDER = "$"
+
+
+def load_image(item: ImageLike) -> Image.Image:
+    if isinstance(item, Image.Image):
+        return item.convert("RGB")
+    with Image.open(item) as im:
+        return im.convert("RGB")
+
+
+class Backbone(nn.Module, abc.ABC):
+    """Joint vision-language encoder. Outputs of ``forward_images``/``forward_texts`` are L2-normalised."""
+
+    #: the spec string that created the model (recorded in index manifests and results)
+    spec: str = ""
+    #: dimension of the joint embedding space
+    embed_dim: int
+    #: dimension of the text encoder's token embeddings (the space pseudo-words live in)
+    token_dim: int
+    #: placeholder word that ``forward_texts_pseudo`` replaces
+    placeholder: str = PLACEHOLDER
+
+    # ---- preprocessing, attached to the model --------------------------------------------
+    @abc.abstractmethod
+    def preprocess(self, image: Image.Image) -> torch.Tensor:
+        """One PIL image -> a (C, H, W) float tensor ready for ``forward_images``."""
+
+    @abc.abstractmethod
+    def tokenize(self, texts: Sequence[str]) -> dict[str, torch.Tensor]:
+        """Texts -> the keyword tensors ``forward_texts`` takes (at least ``input_ids``)."""
+
+    # ---- differentiable forward hooks -----------------------------------------------------
+    @abc.abstractmethod
+    def forward_images(self, pixels: torch.Tensor) -> torch.Tensor:
+        """(B, C, H, W) -> (B, D) normalised image embeddings."""
+
+    @abc.abstractmethod
+    def forward_texts(self, tokens: dict[str, torch.Tensor]) -> torch.Tensor:
+        """Tokenised texts -> (B, D) normalised text embeddings."""
+
+    @abc.abstractmethod
+    def forward_texts_pseudo(self, tokens: dict[str, torch.Tensor], pseudo: torch.Tensor) -> torch.Tensor:
+        """Like ``forward_texts`` with every placeholder token's input embedding replaced by
+        ``pseudo[b]`` (shape (B, token_dim)); gradients flow into ``pseudo``."""
+
+    @abc.abstractmethod
+    def forward_image_tokens(self, pixels: torch.Tensor) -> torch.Tensor:
+        """(B, C, H, W) -> (B, N, token width) patch tokens of the image encoder's last layer."""
+
+    def token_embedding_weight(self) -> torch.Tensor:
+        """(vocab, token_dim) matrix of the text encoder's input token embeddings."""
+        raise NotImplementedError(f"{type(self).__name__} does not expose its token embeddings")
+
+    # ---- conveniences ----------------------------------------------------------------------
+    @property
+    def device(self) -> torch.device:
+        try:
+            return next(self.parameters()).device
+        except StopIteration:
+            return torch.device("cpu")
+
+    def preprocess_batch(self, images: Iterable[ImageLike]) -> torch.Tensor:
+        return torch.stack([self.preprocess(load_image(i)) for i in images])
+
+    @torch.no_grad()
+    def encode_images(self, images: Sequence[ImageLike], batch_size: int = 64, progress: bool = False) -> torch.Tensor:
+        """Images (paths or PIL) -> (N, D) normalised float32 embeddings on the CPU."""
+        was_training = self.training
+        self.eval()
+        out = []
+        steps = range(0, len(images), batch_size)
+        for start in tqdm(steps, desc="encode images", unit="batch", disable=not progress):
+            pixels = self.preprocess_batch(images[start:start + batch_size]).to(self.device)
+            out.append(self.forward_images(pixels).float().cpu())
+        self.train(was_training)
+        return torch.cat(out) if out else torch.empty(0, self.embed_dim)
+
+    @torch.no_grad()
+    def encode_texts(self, texts: Sequence[str], batch_size: int = 256, progress: bool = False) -> torch.Tensor:
+        """Texts -> (N, D) normalised float32 embeddings on the CPU."""
+        was_training = self.training
+        self.eval()
+        out = []
+        for start in tqdm(range(0, len(texts), batch_size), desc="encode texts", disable=not progress):
+            tokens = {k: v.to(self.device) for k, v in self.tokenize(list(texts[start:start + batch_size])).items()}
+            out.append(self.forward_texts(tokens).float().cpu())
+        self.train(was_training)
+        return torch.cat(out) if out else torch.empty(0, self.embed_dim)
+
+    def fingerprint(self) -> str:
+        """A short hash of the weights, for feature caches (changes when any weight changes)."""
+        h = hashlib.sha256(self.spec.encode())
+        for name, t in sorted(self.state_dict().items()):
+            h.update(name.encode())
+            h.update(str((tuple(t.shape), str(t.dtype))).encode())
+            h.update(t.detach().cpu().contiguous().view(-1).view(torch.uint8).numpy().tobytes())
+        return h.hexdigest()[:16]
+
+    def describe(self) -> dict[str, Any]:
+        return {"spec": self.spec, "embed_dim": self.embed_dim, "token_dim": self.token_dim,
+                "parameters": sum(p.numel() for p in self.parameters())}
+
+
+def resolve_path(arg: str) -> Path | None:
+    p = Path(arg).expanduser()
+    return p if p.exists() else None

@@ -1,0 +1,3 @@
+import argparse
+def register(sub: argparse._SubParsersAction) -> None:
+    pass

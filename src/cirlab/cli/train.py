@@ -1,0 +1,39 @@
+"""``cirlab train ...``: training commands (backbone; methods register more)."""
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("train", help="train a backbone or a method")
+    tsub = p.add_subparsers(dest="train_command", metavar="WHAT")
+    tsub.required = True
+    b = tsub.add_parser("backbone", help="train the tiny backbone contrastively on image-caption pairs")
+    b.add_argument("--data", required=True, type=Path, help="dataset directory with captioned gallery.jsonl")
+    b.add_argument("--out", required=True, type=Path, help="output directory (config.json + model.safetensors)")
+    b.add_argument("--eval-data", type=Path, default=None, help="dataset for image-text retrieval numbers")
+    b.add_argument("--epochs", type=int, default=10)
+    b.add_argument("--max-steps", type=int, default=None)
+    b.add_argument("--batch-size", type=int, default=256)
+    b.add_argument("--lr", type=float, default=1e-3)
+    b.add_argument("--width", type=int, default=128)
+    b.add_argument("--depth", type=int, default=4)
+    b.add_argument("--text-depth", type=int, default=3)
+    b.add_argument("--embed-dim", type=int, default=128)
+    b.add_argument("--seed", type=int, default=0)
+    b.set_defaults(func=run_backbone)
+
+
+def run_backbone(args: argparse.Namespace) -> int:
+    from ..train.backbone import BackboneTrainConfig, train_backbone
+
+    cfg = BackboneTrainConfig(data=str(args.data), out=str(args.out),
+                              eval_data=str(args.eval_data) if args.eval_data else None, epochs=args.epochs,
+                              max_steps=args.max_steps, batch_size=args.batch_size, lr=args.lr, width=args.width,
+                              depth=args.depth, text_depth=args.text_depth, embed_dim=args.embed_dim, seed=args.seed)
+    summary = train_backbone(cfg)
+    print(json.dumps({"out": str(args.out), "steps": summary["steps"], "seconds": summary["seconds"],
+                      "eval": summary.get("eval")}, indent=1))
+    return 0

@@ -1,0 +1,181 @@
+"""The cirlab dataset format, for users' own data and for the built-in world.
+
+A dataset is a directory (or two explicit files)::
+
+    <root>/gallery.jsonl    {"id": "...", "path": "images/x.png", "caption": "..."}   one per image
+    <root>/triplets.jsonl   {"id": "...", "reference": "...", "caption": "...", "targets": ["..."]}
+
+``path`` is relative to the file that names it. Instead of ``gallery.jsonl`` a
+folder of images may be given: every image file becomes an entry whose id is its
+file name without extension. Every error names the file and line at fault.
+"""
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+from typing import Any, Iterable, Iterator
+
+from ..errors import DatasetError
+from .record import CIRDataset, CIRTriplet, Gallery
+
+IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".webp", ".bmp", ".gif", ".tif", ".tiff")
+
+
+def iter_jsonl(path: Path) -> Iterator[tuple[int, dict[str, Any]]]:
+    """Yield ``(line_number, object)``; blank lines are skipped, bad lines raise with file:line."""
+    try:
+        fh = open(path, encoding="utf-8")
+    except FileNotFoundError:
+        raise DatasetError(f"{path}: file not found") from None
+    with fh:
+        for lineno, line in enumerate(fh, 1):
+            if not line.strip():
+                continue
+            try:
+                obj = json.loads(line)
+            except json.JSONDecodeError as e:
+                raise DatasetError(f"{path}:{lineno}: malformed JSON ({e.msg} at column {e.colno})") from None
+            if not isinstance(obj, dict):
+                raise DatasetError(f"{path}:{lineno}: expected a JSON object, got {type(obj).__name__}")
+            yield lineno, obj
+
+
+def _field(obj: dict[str, Any], name: str, kind: type, where: str) -> Any:
+    if name not in obj:
+        raise DatasetError(f"{where}: missing field {name!r}")
+    value = obj[name]
+    if not isinstance(value, kind):
+        raise DatasetError(f"{where}: field {name!r} must be {kind.__name__}, got {type(value).__name__} {value!r}")
+    return value
+
+
+def read_gallery_jsonl(path: Path) -> Gallery:
+    ids: list[str] = []
+    paths: list[Path] = []
+    captions: list[str | None] = []
+    metas: list[dict[str, Any]] = []
+    seen: dict[str, int] = {}
+    for lineno, obj in iter_jsonl(path):
+        where = f"{path}:{lineno}"
+        image_id = str(_field(obj, "id", (str, int), where))  # type: ignore[arg-type]
+        rel = _field(obj, "path", str, where)
+        if image_id in seen:
+            raise DatasetError(f"{where}: duplicate image id {image_id!r} (first on line {seen[image_id]})")
+        seen[image_id] = lineno
+        ids.append(image_id)
+        paths.append((path.parent / rel))
+        cap = obj.get("caption")
+        captions.append(cap if isinstance(cap, str) else None)
+        meta = obj.get("meta", {})
+        metas.append(meta if isinstance(meta, dict) else {})
+    return Gallery(ids, paths, captions, metas)
+
+
+def read_gallery_folder(folder: Path) -> Gallery:
+    if not folder.is_dir():
+        raise DatasetError(f"{folder}: gallery folder not found")
+    files = sorted(p for p in folder.rglob("*") if p.suffix.lower() in IMAGE_EXTENSIONS and p.is_file())
+    ids: list[str] = []
+    seen: dict[str, Path] = {}
+    for p in files:
+        if p.stem in seen:
+            raise DatasetError(f"{p}: image id {p.stem!r} clashes with {seen[p.stem]}")
+        seen[p.stem] = p
+        ids.append(p.stem)
+    return Gallery(ids, files)
+
+
+def read_gallery(source: Path) -> Gallery:
+    """A gallery from a ``gallery.jsonl`` file or from a folder of images."""
+    source = Path(source)
+    if source.is_dir():
+        listing = source / "gallery.jsonl"
+        return read_gallery_jsonl(listing) if listing.is_file() else read_gallery_folder(source)
+    return read_gallery_jsonl(source)
+
+
+def read_triplets(path: Path, gallery: Gallery | None = None) -> list[CIRTriplet]:
+    """Parse ``triplets.jsonl``; with a gallery, every referenced id must be in it."""
+    out: list[CIRTriplet] = []
+    seen: dict[str, int] = {}
+    for lineno, obj in iter_jsonl(path):
+        where = f"{path}:{lineno}"
+        tid = str(_field(obj, "id", (str, int), where))  # type: ignore[arg-type]
+        if tid in seen:
+            raise DatasetError(f"{where}: duplicate triplet id {tid!r} (first on line {seen[tid]})")
+        seen[tid] = lineno
+        ref = str(_field(obj, "reference", (str, int), where))  # type: ignore[arg-type]
+        caption = _field(obj, "caption", str, where)
+        targets = obj.get("targets", [])
+        if not isinstance(targets, list) or not all(isinstance(t, (str, int)) for t in targets):
+            raise DatasetError(f"{where}: field 'targets' must be a list of ids, got {targets!r}")
+        targets = [str(t) for t in targets]
+        meta = obj.get("meta", {})
+        if not isinstance(meta, dict):
+            raise DatasetError(f"{where}: field 'meta' must be an object")
+        if gallery is not None:
+            for role, image_id in [("reference", ref)] + [("target", t) for t in targets]:
+                if image_id not in gallery:
+                    raise DatasetError(f"{where}: {role} image id {image_id!r} is not in the gallery")
+        out.append(CIRTriplet(tid, ref, caption, tuple(targets), meta))
+    return out
+
+
+def load_dataset(root: str | os.PathLike[str], *, triplets: str | os.PathLike[str] | None = None,
+                 gallery: str | os.PathLike[str] | None = None, check_files: bool = True) -> CIRDataset:
+    """Load a dataset directory in the cirlab format (see the module docstring).
+
+    ``check_files`` verifies that every gallery image exists, naming the first missing ones.
+    """
+    root_p = Path(root)
+    trip_p = Path(triplets) if triplets else root_p / "triplets.jsonl"
+    gal_src = Path(gallery) if gallery else root_p
+    if not gallery and not (root_p / "gallery.jsonl").is_file():
+        gal_src = root_p / "images" if (root_p / "images").is_dir() else root_p
+    g = read_gallery(gal_src)
+    if check_files:
+        missing = g.missing_files()
+        if missing:
+            first = ", ".join(f"{i!r} ({g.path(i)})" for i in missing[:5])
+            more = f" and {len(missing) - 5} more" if len(missing) > 5 else ""
+            raise DatasetError(f"{gal_src}: {len(missing)} gallery image(s) missing: {first}{more}")
+    trips = read_triplets(trip_p, g)
+    meta: dict[str, Any] = {}
+    info = root_p / "dataset.json"
+    if info.is_file():
+        try:
+            meta = json.loads(info.read_text())
+        except json.JSONDecodeError as e:
+            raise DatasetError(f"{info}: malformed JSON ({e.msg})") from None
+    return CIRDataset(name=str(meta.get("name", root_p.name)), gallery=g, triplets=trips, root=root_p, meta=meta)
+
+
+def write_jsonl(path: Path, rows: Iterable[dict[str, Any]]) -> None:
+    """Write rows atomically (temp file + rename), so a crash never leaves half a file."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + ".tmp")
+    with open(tmp, "w", encoding="utf-8") as fh:
+        for row in rows:
+            fh.write(json.dumps(row, ensure_ascii=False) + "\n")
+    os.replace(tmp, path)
+
+
+def write_dataset(root: Path, gallery: Gallery, triplets: Iterable[CIRTriplet], *,
+                  info: dict[str, Any] | None = None) -> None:
+    """Write ``gallery.jsonl`` (+ ``triplets.jsonl``, ``dataset.json``) under ``root``."""
+    root = Path(root)
+    rows = []
+    for i, p, c, m in zip(gallery.ids, gallery.paths, gallery.captions, gallery.meta):
+        row: dict[str, Any] = {"id": i, "path": os.path.relpath(p, root)}
+        if c is not None:
+            row["caption"] = c
+        if m:
+            row["meta"] = m
+        rows.append(row)
+    write_jsonl(root / "gallery.jsonl", rows)
+    write_jsonl(root / "triplets.jsonl", (t.to_json() for t in triplets))
+    if info is not None:
+        tmp = root / "dataset.json.tmp"
+        tmp.write_text(json.dumps(info, indent=2))
+        os.replace(tmp, root / "dataset.json")

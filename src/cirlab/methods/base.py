@@ -1,0 +1,61 @@
+"""The method protocol: (reference images, modification texts) -> query embeddings.
+
+A method owns a backbone. ``compose`` returns L2-normalised queries in the
+backbone's joint space, searched against the gallery's image features; a method
+may also ``rescore`` the candidate list an index returns (any backend passes the
+candidate ids, their scores and their stored features).
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Sequence
+
+import torch
+from torch import nn
+
+from ..backbones.base import Backbone, ImageLike
+
+
+@dataclass
+class QueryBatch:
+    """One batch of composed queries.
+
+    ``reference_features`` are the references' image embeddings (usually read from the
+    gallery index, so they are not encoded twice); ``reference_images`` are paths/PIL
+    images for methods that need pixels (patch tokens, generators).
+    """
+
+    texts: list[str]
+    reference_features: torch.Tensor
+    reference_images: Sequence[ImageLike] | None = None
+    reference_ids: list[str] | None = None
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    def __len__(self) -> int:
+        return len(self.texts)
+
+
+class Method(nn.Module):
+    """Base class: subclasses implement ``compose``; ``rescore`` defaults to keeping the index's scores."""
+
+    name: str = ""
+    #: whether ``compose`` needs ``reference_images`` (pixels) rather than only features
+    needs_pixels: bool = False
+
+    def __init__(self, backbone: Backbone) -> None:
+        super().__init__()
+        self.backbone = backbone
+
+    def compose(self, batch: QueryBatch) -> torch.Tensor:
+        raise NotImplementedError
+
+    def rescore(self, batch: QueryBatch, queries: torch.Tensor, candidate_ids: list[list[str]],
+                candidate_scores: torch.Tensor, candidate_features: torch.Tensor | None) -> torch.Tensor:
+        return candidate_scores
+
+    def config(self) -> dict[str, Any]:
+        """Everything that changes this method's output (recorded in results files)."""
+        return {"name": self.name}
+
+    def encode_texts(self, texts: Sequence[str]) -> torch.Tensor:
+        return self.backbone.encode_texts(list(texts))

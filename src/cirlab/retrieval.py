@@ -1,0 +1,107 @@
+"""The retriever: a backbone, a gallery index and a method, answering composed queries.
+
+This is the object the CLI, the evaluation loop and the HTTP service all use::
+
+    r = Retriever.from_index("runs/index", method="sum")
+    hits = r.search("cat.jpg", "the same cat but sleeping", k=5)
+"""
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Sequence
+
+import numpy as np
+import torch
+
+from .backbones import Backbone, create_backbone
+from .backbones.base import ImageLike
+from .errors import CirlabError
+from .index import VectorIndex, load_index
+from .methods import Method, QueryBatch, create_method
+
+
+@dataclass
+class Hit:
+    id: str
+    score: float
+    path: str | None = None
+
+
+class Retriever:
+    def __init__(self, backbone: Backbone, index: VectorIndex, method: Method | str = "sum",
+                 paths: dict[str, str] | None = None) -> None:
+        self.backbone = backbone
+        self.index = index
+        self.method = create_method(method, backbone) if isinstance(method, str) else method
+        self.paths = paths or {}
+
+    @classmethod
+    def from_index(cls, directory: str | os.PathLike[str], method: str = "sum", backbone: str | Backbone | None = None,
+                   ) -> "Retriever":
+        from .index import read_manifest
+
+        manifest = read_manifest(directory)
+        bb = backbone if isinstance(backbone, Backbone) else create_backbone(backbone or manifest["backbone"])
+        index, manifest = load_index(directory, bb.spec, bb.embed_dim)
+        if manifest.get("fingerprint") and manifest["fingerprint"] != bb.fingerprint():
+            raise CirlabError(f"{directory}: index was built with other weights for {bb.spec!r}; re-run `cirlab index`")
+        paths = dict(zip(manifest.get("ids", []), manifest.get("paths", [])))
+        return cls(bb, index, method, paths)
+
+    def with_method(self, method: str | Method) -> "Retriever":
+        return Retriever(self.backbone, self.index, method, self.paths)
+
+    # -- queries ---------------------------------------------------------------------------
+    def reference_features(self, references: Sequence[ImageLike | str]) -> torch.Tensor:
+        """Image features of references given as gallery ids (read from the index) or images."""
+        out = torch.empty(len(references), self.backbone.embed_dim)
+        in_index = [n for n, r in enumerate(references) if isinstance(r, str) and r in self.paths]
+        if in_index and hasattr(self.index, "vectors"):
+            try:
+                out[in_index] = self.index.vectors([references[n] for n in in_index])  # type: ignore[misc]
+            except NotImplementedError:
+                in_index = []
+        else:
+            in_index = []
+        rest = [n for n in range(len(references)) if n not in set(in_index)]
+        if rest:
+            out[rest] = self.backbone.encode_images([self._image(references[n]) for n in rest])
+        return out
+
+    def _image(self, ref: ImageLike | str) -> ImageLike:
+        if isinstance(ref, str) and ref in self.paths:
+            return self.paths[ref]
+        if isinstance(ref, (str, os.PathLike)) and not Path(ref).is_file():
+            raise CirlabError(f"reference {str(ref)!r} is neither a gallery id nor an image file")
+        return ref
+
+    def make_batch(self, references: Sequence[ImageLike | str], texts: Sequence[str]) -> QueryBatch:
+        ids = [r if isinstance(r, str) and r in self.paths else None for r in references]
+        images = [self._image(r) for r in references] if self.method.needs_pixels else None
+        return QueryBatch(list(texts), self.reference_features(references), images,
+                          [i or "" for i in ids])
+
+    @torch.no_grad()
+    def search_batch(self, batch: QueryBatch, k: int = 10, exclude: Sequence[Sequence[str] | None] | None = None,
+                     rescore_depth: int = 0) -> tuple[np.ndarray, list[list[str]]]:
+        queries = self.method.compose(batch)
+        depth = max(k, rescore_depth)
+        scores, ids = self.index.search(queries, depth, exclude)
+        if rescore_depth and type(self.method).rescore is not Method.rescore:
+            feats = None
+            if hasattr(self.index, "vectors"):
+                feats = torch.stack([self.index.vectors(row) for row in ids])
+            new = self.method.rescore(batch, queries, ids, torch.from_numpy(scores), feats).numpy()
+            order = np.argsort(-new, axis=1, kind="stable")
+            scores = np.take_along_axis(new, order, 1)
+            ids = [[row[j] for j in o] for row, o in zip(ids, order)]
+        return scores[:, :k], [row[:k] for row in ids]
+
+    def search(self, reference: ImageLike | str, text: str, k: int = 10, exclude_reference: bool = True
+               ) -> list[Hit]:
+        batch = self.make_batch([reference], [text])
+        exclude = [[reference]] if exclude_reference and isinstance(reference, str) else None
+        scores, ids = self.search_batch(batch, k, exclude)
+        return [Hit(i, float(s), self.paths.get(i)) for i, s in zip(ids[0], scores[0])]

@@ -1,0 +1,171 @@
+"""Contrastive (CLIP-style) training of the ``tiny`` backbone on image-caption pairs.
+
+Reads any dataset directory in the cirlab format whose ``gallery.jsonl`` has
+captions (the world writes several per image under ``meta.captions``); the
+triplets are never used as supervision, only their words join the vocabulary.
+"""
+from __future__ import annotations
+
+import json
+import math
+import random
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from PIL import Image
+from tqdm.auto import tqdm
+
+from ..backbones.tiny import TinyBackbone, TinyConfig, WordTokenizer
+from ..data.jsonl import iter_jsonl, read_gallery
+from ..errors import DatasetError
+
+
+@dataclass
+class BackboneTrainConfig:
+    data: str
+    out: str
+    eval_data: str | None = None
+    epochs: int = 10
+    batch_size: int = 256
+    lr: float = 1e-3
+    weight_decay: float = 0.05
+    warmup_steps: int = 100
+    max_steps: int | None = None
+    seed: int = 0
+    threads: int | None = None
+    width: int = 128
+    depth: int = 4
+    text_depth: int = 3
+    embed_dim: int = 128
+    image_size: int = 64
+    patch_size: int = 8
+
+
+def _captions(root: Path) -> tuple[list[str], list[list[str]], list[Path]]:
+    gal = read_gallery(root)
+    caps: list[list[str]] = []
+    for image_id, c, m in zip(gal.ids, gal.captions, gal.meta):
+        options = [x for x in (m.get("captions") or []) if isinstance(x, str)] + ([c] if c else [])
+        if not options:
+            raise DatasetError(f"{root}/gallery.jsonl: image {image_id!r} has no caption to train on")
+        caps.append(options)
+    return gal.ids, caps, gal.paths
+
+
+def _load_pixels(paths: list[Path], size: int, progress: bool) -> torch.Tensor:
+    arr = np.empty((len(paths), size, size, 3), dtype=np.uint8)
+    for i, p in enumerate(tqdm(paths, desc="load images", unit="img", disable=not progress)):
+        with Image.open(p) as im:
+            im = im.convert("RGB")
+            if im.size != (size, size):
+                im = im.resize((size, size), Image.BILINEAR)
+            arr[i] = np.asarray(im)
+    return torch.from_numpy(arr).permute(0, 3, 1, 2).contiguous()
+
+
+def _normalise(model: TinyBackbone, u8: torch.Tensor) -> torch.Tensor:
+    return (u8.float() / 255.0 - model.mean) / model.std
+
+
+@torch.no_grad()
+def retrieval_eval(model: TinyBackbone, pixels: torch.Tensor, captions: list[str]) -> dict[str, float]:
+    """Image->text and text->image R@1/R@5 (percent) on paired images and captions."""
+    model.eval()
+    img = torch.cat([model.forward_images(_normalise(model, pixels[i:i + 512])) for i in range(0, len(pixels), 512)])
+    txt = torch.cat([model.forward_texts(model.tokenize(captions[i:i + 512])) for i in range(0, len(captions), 512)])
+    sim = img @ txt.T
+    gt = torch.arange(len(img))
+    out = {}
+    for name, s in (("i2t", sim), ("t2i", sim.T)):
+        ranks = (s > s[gt, gt].unsqueeze(1)).sum(1)
+        for k in (1, 5):
+            out[f"{name}_recall@{k}"] = round(100.0 * float((ranks < k).float().mean()), 2)
+    model.train()
+    return out
+
+
+def train_backbone(cfg: BackboneTrainConfig, progress: bool = True) -> dict[str, Any]:
+    """Train a tiny backbone and save it to ``cfg.out``; returns the training summary."""
+    if cfg.threads:
+        torch.set_num_threads(cfg.threads)
+    torch.manual_seed(cfg.seed)
+    rng = random.Random(cfg.seed)
+    root = Path(cfg.data)
+    _, caps, paths = _captions(root)
+    vocab_texts = [c for options in caps for c in options]
+    trip = root / "triplets.jsonl"
+    if trip.is_file():  # words of the modification texts join the vocabulary (not the supervision)
+        vocab_texts += [obj.get("caption", "") for _, obj in iter_jsonl(trip)]
+    model_cfg = TinyConfig(image_size=cfg.image_size, patch_size=cfg.patch_size, vision_width=cfg.width,
+                           vision_depth=cfg.depth, text_width=cfg.width, text_depth=cfg.text_depth,
+                           embed_dim=cfg.embed_dim, vocab=WordTokenizer.build_vocab(vocab_texts))
+    model = TinyBackbone(model_cfg)
+    model.train()
+    pixels = _load_pixels(paths, cfg.image_size, progress)
+    eval_set = None
+    if cfg.eval_data:
+        _, ecaps, epaths = _captions(Path(cfg.eval_data))
+        n = min(1000, len(epaths))
+        eval_set = (_load_pixels(epaths[:n], cfg.image_size, False), [c[-1] for c in ecaps[:n]])
+
+    steps_per_epoch = max(1, len(paths) // cfg.batch_size)
+    total = cfg.max_steps or steps_per_epoch * cfg.epochs
+    decay = [p for n, p in model.named_parameters() if p.ndim >= 2 and "embed" not in n and "pos" not in n]
+    no_decay = [p for n, p in model.named_parameters() if not (p.ndim >= 2 and "embed" not in n and "pos" not in n)]
+    opt = torch.optim.AdamW([{"params": decay, "weight_decay": cfg.weight_decay},
+                             {"params": no_decay, "weight_decay": 0.0}], lr=cfg.lr, betas=(0.9, 0.98))
+
+    def lr_at(step: int) -> float:
+        if step < cfg.warmup_steps:
+            return cfg.lr * (step + 1) / cfg.warmup_steps
+        t = (step - cfg.warmup_steps) / max(1, total - cfg.warmup_steps)
+        return cfg.lr * 0.5 * (1 + math.cos(math.pi * min(1.0, t)))
+
+    log: list[dict[str, Any]] = []
+    step = 0
+    t0 = time.time()
+    bar = tqdm(total=total, desc="train tiny backbone", unit="step", disable=not progress)
+    while step < total:
+        order = torch.randperm(len(paths))
+        for start in range(0, len(order) - cfg.batch_size + 1 if len(order) >= cfg.batch_size else 1,
+                           cfg.batch_size):
+            if step >= total:
+                break
+            idx = order[start:start + cfg.batch_size]
+            x = _normalise(model, pixels[idx])
+            texts = [rng.choice(caps[i]) for i in idx.tolist()]
+            img = model.forward_images(x)
+            txt = model.forward_texts(model.tokenize(texts))
+            scale = model.logit_scale.exp().clamp(max=100)
+            logits = scale * img @ txt.T
+            gt = torch.arange(len(idx))
+            loss = (F.cross_entropy(logits, gt) + F.cross_entropy(logits.T, gt)) / 2
+            for g in opt.param_groups:
+                g["lr"] = lr_at(step)
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+            opt.step()
+            step += 1
+            bar.update(1)
+            bar.set_postfix(loss=f"{loss.item():.3f}")
+            if step % steps_per_epoch == 0 or step == total:
+                entry: dict[str, Any] = {"step": step, "loss": round(loss.item(), 4),
+                                         "seconds": round(time.time() - t0, 1)}
+                if eval_set is not None and (step == total or step % (steps_per_epoch * 2) == 0):
+                    entry.update(retrieval_eval(model, *eval_set))
+                log.append(entry)
+                if progress:
+                    tqdm.write(json.dumps(entry))
+    bar.close()
+    summary = {"config": asdict(cfg), "steps": step, "seconds": round(time.time() - t0, 1), "log": log}
+    if eval_set is not None:
+        summary["eval"] = retrieval_eval(model, *eval_set)
+    model.spec = f"tiny:{cfg.out}"
+    model.save(cfg.out, dtype=torch.float16, extra=summary)
+    return summary

@@ -1,0 +1,199 @@
+"""Generate the built-in world: rendered galleries and triplets for train / val / test splits.
+
+Each split is a dataset directory in the cirlab format (``gallery.jsonl``,
+``triplets.jsonl``, ``images/``). The world is a pure function of its config:
+the same seed gives byte-identical files.
+
+Hardness: for every query the split's gallery also holds the reference and
+``distractors`` scenes one attribute away from the target; underspecified queries
+(CIRCO-style) list every valid target present in the gallery. Some (colour, shape)
+combinations are held out of the train split entirely; test queries whose target
+contains one are marked ``meta.heldout``.
+"""
+from __future__ import annotations
+
+import json
+import os
+import random
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, Iterator
+
+from tqdm.auto import tqdm
+
+from ..data.jsonl import write_jsonl
+from .edits import EDIT_KINDS, EditResult, make_edit, one_attribute_away
+from .scene import DEFAULT_STYLE, Scene, Style, caption, random_scene, render
+
+SPLITS = ("train", "val", "test")
+SPLIT_SALT = {"train": 1, "val": 2, "test": 3}
+WORLD_FORMAT = 1
+
+
+@dataclass
+class WorldConfig:
+    seed: int = 0
+    resolution: int = 64
+    queries: dict[str, int] = field(default_factory=lambda: {"train": 6000, "val": 500, "test": 2000})
+    distractors: int = 2                 # scenes one attribute away from each target
+    extra_gallery: dict[str, int] = field(default_factory=lambda: {"train": 3000, "val": 200, "test": 500})
+    underspecified: float = 0.3          # fraction of add/move queries with several valid targets
+    max_alternatives: int = 3            # other valid targets put in the gallery for those
+    heldout: list[tuple[str, str]] = field(default_factory=lambda: [("yellow", "triangle"), ("blue", "star"),
+                                                                      ("green", "diamond")])
+    kind_weights: dict[str, float] = field(default_factory=lambda: {
+        "add": 1, "remove": 1, "colour": 1, "shape": 1, "size": 1, "move": 1, "two edits": 1.5})
+    captions_per_image: int = 3
+
+    def to_dict(self) -> dict[str, Any]:
+        d = asdict(self)
+        d["heldout"] = [list(x) for x in self.heldout]
+        return d
+
+    @staticmethod
+    def from_dict(d: dict[str, Any]) -> "WorldConfig":
+        d = dict(d)
+        d["heldout"] = [tuple(x) for x in d.get("heldout", [])]
+        return WorldConfig(**d)
+
+    def small(self, queries: int = 120) -> "WorldConfig":
+        """A miniature of this config (tests, quick runs)."""
+        return WorldConfig(seed=self.seed, resolution=self.resolution,
+                           queries={"train": queries * 2, "val": queries // 2, "test": queries},
+                           distractors=self.distractors,
+                           extra_gallery={"train": queries, "val": queries // 4, "test": queries // 4},
+                           underspecified=self.underspecified, max_alternatives=self.max_alternatives,
+                           heldout=list(self.heldout), kind_weights=dict(self.kind_weights),
+                           captions_per_image=self.captions_per_image)
+
+
+class _GalleryBuilder:
+    """Deduplicates scenes: equal scenes share one image id."""
+
+    def __init__(self, split: str) -> None:
+        self.split = split
+        self.by_key: dict[str, str] = {}
+        self.scenes: dict[str, Scene] = {}
+
+    def add(self, scene: Scene) -> str:
+        key = scene.key
+        if key not in self.by_key:
+            image_id = f"{self.split}-{len(self.by_key):06d}"
+            self.by_key[key] = image_id
+            self.scenes[image_id] = scene
+        return self.by_key[key]
+
+    def find(self, scene: Scene) -> str | None:
+        return self.by_key.get(scene.key)
+
+
+def _sample_kind(rng: random.Random, weights: dict[str, float]) -> str:
+    kinds = [k for k in EDIT_KINDS if weights.get(k, 0) > 0]
+    return rng.choices(kinds, [weights[k] for k in kinds])[0]
+
+
+def generate_split(cfg: WorldConfig, split: str) -> tuple[dict[str, Scene], list[dict[str, Any]]]:
+    """Scenes by image id, and triplet rows, for one split (no files written)."""
+    rng = random.Random(cfg.seed * 1000 + SPLIT_SALT[split])
+    heldout = frozenset(tuple(x) for x in cfg.heldout)
+    banned = heldout if split == "train" else frozenset()
+    gal = _GalleryBuilder(split)
+    rows: list[dict[str, Any]] = []
+    queries: list[tuple[str, EditResult, str]] = []
+    n = cfg.queries[split]
+    while len(queries) < n:
+        ref = random_scene(rng, banned=banned)
+        kind = _sample_kind(rng, cfg.kind_weights)
+        under = kind in ("add", "move") and rng.random() < cfg.underspecified
+        res = make_edit(ref, kind, rng, banned, under)
+        if res is None:
+            continue
+        ref_id = gal.add(ref)
+        gal.add(res.target)
+        for alt in res.alternatives[: cfg.max_alternatives]:
+            gal.add(alt)
+        for _ in range(cfg.distractors):
+            gal.add(one_attribute_away(res.target, rng, banned))
+        queries.append((ref_id, res, kind))
+    for _ in range(cfg.extra_gallery.get(split, 0)):
+        gal.add(random_scene(rng, banned=banned))
+    for qn, (ref_id, res, kind) in enumerate(queries):
+        valid = [gal.find(s) for s in [res.target] + res.alternatives]
+        targets = [t for t in valid if t is not None]
+        meta: dict[str, Any] = {
+            "kind": kind,
+            "ops": res.ops,
+            "underspecified": res.underspecified,
+            "heldout": bool(res.target.combos() & heldout),
+        }
+        rows.append({"id": f"{split}-q{qn:05d}", "reference": ref_id, "caption": res.text, "targets": targets,
+                     "meta": meta})
+    return gal.scenes, rows
+
+
+def write_split(cfg: WorldConfig, split: str, out: Path, style: Style = DEFAULT_STYLE, progress: bool = True) -> Path:
+    """Render and write one split under ``out/split``; returns the split directory."""
+    root = Path(out) / split
+    img_dir = root / "images"
+    img_dir.mkdir(parents=True, exist_ok=True)
+    scenes, rows = generate_split(cfg, split)
+    cap_rng = random.Random(cfg.seed * 7919 + SPLIT_SALT[split])
+    gallery_rows = []
+    for image_id, scene in tqdm(scenes.items(), desc=f"render {split}", unit="img", disable=not progress):
+        path = img_dir / f"{image_id}.png"
+        if not path.exists():
+            tmp = path.with_name(path.stem + ".tmp.png")
+            render(scene, cfg.resolution, style, random.Random(hash_seed(cfg.seed, image_id))).save(
+                tmp, compress_level=1)
+            os.replace(tmp, path)
+        caps = [caption(scene, cap_rng) for _ in range(cfg.captions_per_image)]
+        gallery_rows.append({"id": image_id, "path": f"images/{image_id}.png", "caption": caption(scene),
+                             "meta": {"objects": scene.to_list(), "captions": caps}})
+    write_jsonl(root / "gallery.jsonl", gallery_rows)
+    write_jsonl(root / "triplets.jsonl", rows)
+    info = {"name": f"world-{split}", "world_format": WORLD_FORMAT, "split": split, "config": cfg.to_dict(),
+            "style": style.to_dict(), "images": len(scenes), "queries": len(rows)}
+    tmp = root / "dataset.json.tmp"
+    tmp.write_text(json.dumps(info, indent=2))
+    os.replace(tmp, root / "dataset.json")
+    return root
+
+
+def hash_seed(seed: int, image_id: str) -> int:
+    h = seed
+    for ch in image_id:
+        h = (h * 131 + ord(ch)) % (2**31 - 1)
+    return h
+
+
+def generate_world(out: str | os.PathLike[str], cfg: WorldConfig | None = None, splits: tuple[str, ...] = SPLITS,
+                   progress: bool = True) -> dict[str, Path]:
+    """Generate (or reuse) the world under ``out``; a split whose files match ``cfg`` is kept."""
+    cfg = cfg or WorldConfig()
+    out_p = Path(out)
+    done: dict[str, Path] = {}
+    for split in splits:
+        root = out_p / split
+        if is_complete(root, cfg):
+            done[split] = root
+            continue
+        done[split] = write_split(cfg, split, out_p, progress=progress)
+    return done
+
+
+def is_complete(root: Path, cfg: WorldConfig) -> bool:
+    info = root / "dataset.json"
+    if not info.is_file() or not (root / "triplets.jsonl").is_file() or not (root / "gallery.jsonl").is_file():
+        return False
+    try:
+        meta = json.loads(info.read_text())
+    except json.JSONDecodeError:
+        return False
+    return meta.get("config") == json.loads(json.dumps(cfg.to_dict())) and meta.get("world_format") == WORLD_FORMAT
+
+
+def iter_scenes(root: Path) -> Iterator[tuple[str, Scene]]:
+    with open(root / "gallery.jsonl") as fh:
+        for line in fh:
+            row = json.loads(line)
+            yield row["id"], Scene.from_list(row["meta"]["objects"])

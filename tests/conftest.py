@@ -1,0 +1,42 @@
+"""Shared fixtures: a small generated world and a small random tiny backbone."""
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+import torch
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
+torch.set_num_threads(max(1, min(2, os.cpu_count() or 1)))
+
+
+@pytest.fixture(scope="session")
+def small_world(tmp_path_factory) -> Path:
+    """A miniature world (all splits) on disk; returns its root."""
+    from cirlab.world import WorldConfig, generate_world
+
+    root = tmp_path_factory.mktemp("world")
+    cfg = WorldConfig(seed=3).small(60)
+    generate_world(root, cfg, progress=False)
+    return root
+
+
+@pytest.fixture(scope="session")
+def tiny_config():
+    from cirlab.backbones.tiny import SPECIALS, TinyConfig
+    from cirlab.world import COLOURS, SHAPES, SIZES, CELLS
+
+    words = sorted({w for x in list(COLOURS) + list(SHAPES) + list(SIZES) + list(CELLS) for w in x.split()}
+                   | {"a", "the", "at", "in", "and", "add", "remove", "make", "move", "to"})
+    return TinyConfig(image_size=32, patch_size=8, vision_width=32, vision_depth=1, vision_heads=2, text_width=32,
+                      text_depth=1, text_heads=2, embed_dim=16, vocab=SPECIALS + words)
+
+
+@pytest.fixture()
+def tiny_backbone(tiny_config):
+    from cirlab.backbones import create_backbone
+
+    return create_backbone("tiny:random", config=tiny_config)
