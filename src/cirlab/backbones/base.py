@@ -119,7 +119,7 @@ class Backbone(nn.Module, abc.ABC):
 
     def fingerprint(self) -> str:
         """A short hash of the weights, for feature caches (changes when any weight changes)."""
-        h = hashlib.sha256(self.spec.encode())
+        h = hashlib.sha256(type(self).__name__.encode())
         for name, t in sorted(self.state_dict().items()):
             h.update(name.encode())
             h.update(str((tuple(t.shape), str(t.dtype))).encode())

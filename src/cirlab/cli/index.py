@@ -1,3 +1,30 @@
+"""``cirlab index``: encode a gallery once and save a searchable index."""
+from __future__ import annotations
+
 import argparse
+from pathlib import Path
+
+from .common import open_gallery
+
+
 def register(sub: argparse._SubParsersAction) -> None:
-    pass
+    p = sub.add_parser("index", help="encode a gallery (dataset dir, gallery.jsonl or image folder) into an index")
+    p.add_argument("gallery", type=Path, help="dataset directory, gallery.jsonl, or a folder of images")
+    p.add_argument("--out", required=True, type=Path, help="index directory (reused when up to date)")
+    p.add_argument("--backbone", default="tiny:world", help="backbone spec (default: tiny:world)")
+    p.add_argument("--index-spec", default="exact", help="index type, e.g. exact, exact:fp16")
+    p.add_argument("--batch-size", type=int, default=64)
+    p.add_argument("--chunk-size", type=int, default=2048, help="images per resumable chunk")
+    p.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    from ..backbones import create_backbone
+    from ..index import build_index
+
+    gallery = open_gallery(args.gallery)
+    backbone = create_backbone(args.backbone)
+    index = build_index(backbone, gallery, args.out, args.index_spec, chunk_size=args.chunk_size,
+                        batch_size=args.batch_size, extra={"gallery": str(args.gallery)})
+    print(f"indexed {len(index)} images with {args.backbone} ({index.spec}) -> {args.out}")
+    return 0

@@ -59,3 +59,15 @@ def evaluate(retriever: Retriever, dataset: CIRDataset, *, exclude_reference: bo
     cfg = {"method": retriever.method.config(), "exclude_reference": exclude_reference, "dataset": dataset.name,
            "queries": len(trips), "gallery": len(retriever.index)}
     return EvalResult(retriever.method.spec, retriever.backbone.spec, overall, per, rankings, cfg, time.time() - t0)
+
+
+def evaluate_methods(dataset: CIRDataset, backbone: Any, methods: list[str], index_dir: Any, *,
+                     index_spec: str = "exact", exclude_reference: bool = True, progress: bool = True
+                     ) -> list[EvalResult]:
+    """Index ``dataset``'s gallery with ``backbone`` (reused when cached) and evaluate each method."""
+    from ..index import build_index
+
+    index = build_index(backbone, dataset.gallery, index_dir, index_spec, progress=progress)
+    base = Retriever(backbone, index, methods[0], dict(zip(dataset.gallery.ids, map(str, dataset.gallery.paths))))
+    return [evaluate(base.with_method(m), dataset, exclude_reference=exclude_reference, progress=progress)
+            for m in methods]

@@ -7,6 +7,7 @@ triplets are never used as supervision, only their words join the vocabulary.
 from __future__ import annotations
 
 import json
+import sys
 import math
 import random
 import time
@@ -161,7 +162,7 @@ def train_backbone(cfg: BackboneTrainConfig, progress: bool = True) -> dict[str,
                     entry.update(retrieval_eval(model, *eval_set))
                 log.append(entry)
                 if progress:
-                    tqdm.write(json.dumps(entry))
+                    tqdm.write(json.dumps(entry), file=sys.stderr)
     bar.close()
     summary = {"config": asdict(cfg), "steps": step, "seconds": round(time.time() - t0, 1), "log": log}
     if eval_set is not None:

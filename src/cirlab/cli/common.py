@@ -1,0 +1,41 @@
+"""Helpers shared by CLI commands: loading datasets and indexes, printing tables."""
+from __future__ import annotations
+
+import hashlib
+import os
+from pathlib import Path
+from typing import Any, Sequence
+
+from ..data import CIRDataset, Gallery, load_dataset, read_gallery
+from ..errors import CirlabError
+
+
+def cache_root() -> Path:
+    return Path(os.environ.get("CIRLAB_CACHE", Path.home() / ".cache" / "cirlab"))
+
+
+def default_index_dir(gallery: Gallery, backbone_spec: str) -> Path:
+    h = hashlib.sha256(("\n".join(str(p.resolve()) for p in gallery.paths) + "|" + backbone_spec).encode())
+    slug = "".join(c if c.isalnum() else "-" for c in backbone_spec)[:40]
+    return cache_root() / "indexes" / f"{slug}-{h.hexdigest()[:12]}"
+
+
+def open_gallery(source: Path) -> Gallery:
+    if not source.exists():
+        raise CirlabError(f"{source}: no such gallery (give a dataset directory, a gallery.jsonl or an image folder)")
+    return read_gallery(source)
+
+
+def open_dataset(path: Path) -> CIRDataset:
+    if not path.exists():
+        raise CirlabError(f"{path}: no such dataset directory")
+    return load_dataset(path)
+
+
+def format_table(rows: Sequence[dict[str, Any]], columns: Sequence[str]) -> str:
+    cells = [[str(r.get(c, "")) if not isinstance(r.get(c), float) else f"{r[c]:.2f}" for c in columns] for r in rows]
+    widths = [max(len(c), *(len(row[i]) for row in cells)) if cells else len(c) for i, c in enumerate(columns)]
+    line = "  ".join(c.ljust(w) for c, w in zip(columns, widths))
+    sep = "  ".join("-" * w for w in widths)
+    body = ["  ".join(v.rjust(w) if n else v.ljust(w) for n, (v, w) in enumerate(zip(row, widths))) for row in cells]
+    return "\n".join([line, sep, *body])

@@ -1,0 +1,36 @@
+"""Baselines compute the formulas they claim."""
+from __future__ import annotations
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from cirlab.methods import QueryBatch, create_method, list_methods
+
+
+def _batch(backbone):
+    g = torch.Generator().manual_seed(0)
+    ref = F.normalize(torch.randn(3, backbone.embed_dim, generator=g), dim=-1)
+    return QueryBatch(["make it red", "add a blue star", "remove the circle"], ref)
+
+
+def test_image_text_sum_weighted(tiny_backbone):
+    b = _batch(tiny_backbone)
+    txt = tiny_backbone.encode_texts(b.texts)
+    torch.testing.assert_close(create_method("image", tiny_backbone).compose(b), b.reference_features)
+    torch.testing.assert_close(create_method("text", tiny_backbone).compose(b), txt)
+    torch.testing.assert_close(create_method("sum", tiny_backbone).compose(b),
+                               F.normalize(b.reference_features + txt, dim=-1))
+    torch.testing.assert_close(create_method("weighted:0.8", tiny_backbone).compose(b),
+                               F.normalize(0.2 * b.reference_features + 0.8 * txt, dim=-1))
+    assert create_method("weighted:0.8", tiny_backbone).config() == {"name": "weighted", "weight": 0.8}
+
+
+def test_method_registry_errors(tiny_backbone):
+    assert {"image", "text", "sum", "weighted"} <= set(list_methods())
+    with pytest.raises(KeyError, match="unknown method 'magic'"):
+        create_method("magic", tiny_backbone)
+    with pytest.raises(ValueError, match="must be a number"):
+        create_method("weighted:abc", tiny_backbone)
+    with pytest.raises(ValueError, match=r"in \[0, 1\]"):
+        create_method("weighted:2", tiny_backbone)
