@@ -8,7 +8,7 @@ PIP     = $(PY) -m pip
 DEMO_OUT ?= demo-out
 EXTRAS ?= dev
 
-.PHONY: demo test install install-dev clean
+.PHONY: demo test install install-dev clean test-openclip
 
 $(VENV)/.installed: pyproject.toml requirements/cpu.txt
 	$(PYTHON) -m venv $(VENV)
@@ -29,5 +29,16 @@ demo: $(VENV)/.installed
 test: $(VENV)/.installed-dev
 	$(PY) -m pytest -q $(PYTEST_ARGS)
 
+# open_clip needs torchvision: its tests run in their own environment (torch 2.14.1 + torchvision 0.29.1).
+VENV_OPENCLIP ?= .venv-openclip
+$(VENV_OPENCLIP)/.installed: pyproject.toml requirements/openclip.txt
+	$(PYTHON) -m venv $(VENV_OPENCLIP)
+	$(VENV_OPENCLIP)/bin/python -m pip install -q -r requirements/openclip.txt
+	$(VENV_OPENCLIP)/bin/python -m pip install -q -c requirements/openclip.txt -e ".[openclip]" "pytest>=7" "pytest-timeout>=2"
+	touch $@
+
+test-openclip: $(VENV_OPENCLIP)/.installed
+	$(VENV_OPENCLIP)/bin/python -m pytest -q -p no:cacheprovider tests/test_openclip_backbone.py tests/test_backbones_contract.py
+
 clean:
-	rm -rf $(VENV) $(DEMO_OUT) .pytest_cache
+	rm -rf $(VENV) $(VENV_OPENCLIP) $(DEMO_OUT) .pytest_cache

@@ -77,7 +77,7 @@ def test_demo_writes_results_and_report(trained):
              "--world", str(root / "world"), cwd=root)
     assert r.returncode == 0, r.stderr
     res = json.loads((root / "demo" / "results.json").read_text())
-    assert [x["method"] for x in res["results"]] == ["image", "text", "sum", "weighted:0.6"]
+    assert [x["method"] for x in res["results"]] == ["image", "text", "sum", "weighted:0.2"]
     for x in res["results"]:
         assert x["backbone"].startswith("tiny:") and "recall@1" in x["metrics"] and "map@10" in x["metrics"]
     html = (root / "demo" / "report.html").read_text()

@@ -4,8 +4,10 @@ Each split is a dataset directory in the cirlab format (``gallery.jsonl``,
 ``triplets.jsonl``, ``images/``). The world is a pure function of its config:
 the same seed gives byte-identical files.
 
-Hardness: for every query the split's gallery also holds the reference and
-``distractors`` scenes one attribute away from the target; underspecified queries
+Hardness: for every query the split's gallery also holds the reference,
+``distractors`` scenes one attribute away from the target, and
+``reference_distractors`` other single edits of the reference (as close to the
+reference as the target is, so the image alone cannot single the target out); underspecified queries
 (CIRCO-style) list every valid target present in the gallery. Some (colour, shape)
 combinations are held out of the train split entirely; test queries whose target
 contains one are marked ``meta.heldout``.
@@ -22,10 +24,11 @@ from typing import Any, Iterator
 from tqdm.auto import tqdm
 
 from ..data.jsonl import write_jsonl
-from .edits import EDIT_KINDS, EditResult, make_edit, one_attribute_away
+from .edits import EDIT_KINDS, SINGLE_EDITS, EditResult, make_edit, one_attribute_away
 from .scene import DEFAULT_STYLE, Scene, Style, caption, random_scene, render
 
 SPLITS = ("train", "val", "test")
+SINGLE_KINDS = tuple(SINGLE_EDITS)
 SPLIT_SALT = {"train": 1, "val": 2, "test": 3}
 WORLD_FORMAT = 1
 
@@ -36,6 +39,7 @@ class WorldConfig:
     resolution: int = 64
     queries: dict[str, int] = field(default_factory=lambda: {"train": 6000, "val": 500, "test": 2000})
     distractors: int = 2                 # scenes one attribute away from each target
+    reference_distractors: int = 2       # other single edits of each reference (as close to it as the target)
     extra_gallery: dict[str, int] = field(default_factory=lambda: {"train": 3000, "val": 200, "test": 500})
     underspecified: float = 0.3          # fraction of add/move queries with several valid targets
     max_alternatives: int = 3            # other valid targets put in the gallery for those
@@ -60,7 +64,7 @@ class WorldConfig:
         """A miniature of this config (tests, quick runs)."""
         return WorldConfig(seed=self.seed, resolution=self.resolution,
                            queries={"train": queries * 2, "val": queries // 2, "test": queries},
-                           distractors=self.distractors,
+                           distractors=self.distractors, reference_distractors=self.reference_distractors,
                            extra_gallery={"train": queries, "val": queries // 4, "test": queries // 4},
                            underspecified=self.underspecified, max_alternatives=self.max_alternatives,
                            heldout=list(self.heldout), kind_weights=dict(self.kind_weights),
@@ -114,6 +118,10 @@ def generate_split(cfg: WorldConfig, split: str) -> tuple[dict[str, Scene], list
             gal.add(alt)
         for _ in range(cfg.distractors):
             gal.add(one_attribute_away(res.target, rng, banned))
+        for _ in range(cfg.reference_distractors):
+            other = make_edit(ref, rng.choice(SINGLE_KINDS), rng, banned)
+            if other is not None:
+                gal.add(other.target)
         queries.append((ref_id, res, kind))
     for _ in range(cfg.extra_gallery.get(split, 0)):
         gal.add(random_scene(rng, banned=banned))
