@@ -24,7 +24,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--keep-reference", action="store_true",
                    help="keep the reference image in the ranking (default: removed, CIRR convention)")
     p.add_argument("--out", type=Path, default=None, help="write results JSON here")
-    p.add_argument("--save-rankings", type=Path, default=None, help="write {query id: top-50 ids} JSON here")
+    p.add_argument("--save-rankings", type=Path, default=None, help="write {query id: top-50 ids} JSON here "
+                   "(with --benchmark: a directory for server-format prediction files)")
     p.add_argument("--json", action="store_true", help="print the results JSON instead of a table")
     p.add_argument("--template", default=None,
                    help="benchmark prompt template with {caption}, or a preset (plain, photo-that); recorded in results")
