@@ -89,3 +89,20 @@ def test_training_lowers_loss(small_world, tmp_path):
     model = create_backbone(f"tiny:{tmp_path / 'tb'}")
     assert model.embed_dim == 16
     assert summary["eval"]["i2t_recall@5"] >= 0
+
+
+def test_shipped_checkpoint_matches_images_to_captions(small_world):
+    """tiny:world was trained on the world: it must pair unseen test scenes with their captions far above chance."""
+    from cirlab.data import read_gallery
+
+    gal = read_gallery(small_world / "test")
+    n = 100
+    model = create_backbone("tiny:world")
+    img = model.encode_images(gal.paths[:n])
+    txt = model.encode_texts(gal.captions[:n])
+    acc = (img @ txt.T).argmax(1).eq(torch.arange(n)).float().mean().item()
+    assert acc > 0.5, acc  # chance is 0.01
+    random_model = create_backbone("tiny:random")
+    r_acc = (random_model.encode_images(gal.paths[:n]) @ random_model.encode_texts(gal.captions[:n]).T
+             ).argmax(1).eq(torch.arange(n)).float().mean().item()
+    assert r_acc < 0.2
