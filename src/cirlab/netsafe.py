@@ -16,6 +16,16 @@ def ray_init_kwargs(**overrides: Any) -> dict[str, Any]:
     """Keyword arguments for ``ray.init`` that keep a local Ray on loopback, without dashboard
     or usage-stats reporting (the latter probes a cloud metadata address otherwise)."""
     os.environ["RAY_USAGE_STATS_ENABLED"] = "0"
+    if "address" not in overrides:
+        # Ray 2.60 turns a loopback _node_ip_address into the machine's outward address (and its
+        # servers bind 0.0.0.0) unless "cluster mode" is off; off, every Ray process binds 127.0.0.1.
+        # The variable covers the processes Ray starts, the attribute a driver that imported ray already.
+        os.environ["RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"] = "0"
+        import sys
+
+        constants = sys.modules.get("ray._private.ray_constants")
+        if constants is not None:
+            constants.ENABLE_RAY_CLUSTER = False
     kw: dict[str, Any] = {"_node_ip_address": LOOPBACK, "include_dashboard": False}
     kw.update(overrides)
     return kw
@@ -35,3 +45,12 @@ def chromium_args(user_data_dir: str | os.PathLike[str]) -> list[str]:
         "--no-sandbox",
         "--disable-gpu",
     ]
+
+
+def playwright_chromium_kwargs(user_data_dir: str | os.PathLike[str],
+                               executable_path: str = "/usr/bin/chromium") -> dict[str, Any]:
+    """Keyword arguments for Playwright's ``chromium.launch_persistent_context`` with the flags of
+    ``chromium_args`` (Playwright takes the profile directory as an argument, not as a flag) and the
+    system Chromium (Playwright never downloads a browser here)."""
+    flags = [a for a in chromium_args(user_data_dir) if not a.startswith("--user-data-dir=")]
+    return {"user_data_dir": str(user_data_dir), "executable_path": executable_path, "headless": True, "args": flags}
