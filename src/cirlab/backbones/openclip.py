@@ -1,0 +1,160 @@
+"""``openclip``: OpenCLIP models (optional extra ``cirlab[openclip]``; needs torchvision).
+
+Spec:
+* ``openclip:ViT-L-14/openai``: architecture + pretrained tag (downloaded by open_clip, or
+  taken from its cache offline);
+* ``openclip:ViT-B-32//path/to/ckpt.pt``: architecture + a local checkpoint file;
+* ``openclip:ViT-B-32``: architecture with random weights (tests, training from scratch);
+* ``openclip:hf-hub:org/repo``: an open_clip repo on the Hugging Face hub;
+* ``openclip:/path/to/dir``: a directory with ``open_clip_config.json`` and weights
+  (``OpenClipBackbone.save`` writes one; ``open_clip_model.safetensors``).
+
+Preprocessing is open_clip's own eval transform; the tokenizer is open_clip's.
+Pseudo words are injected through a forward hook on ``token_embedding`` (see
+``inject.py``); the placeholder is ``$`` when the tokenizer keeps it as one token.
+"""
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+from typing import Any, Sequence
+
+import torch
+import torch.nn.functional as F
+from PIL import Image
+from safetensors.torch import save_file
+
+from ..errors import CirlabError
+from . import BACKBONES
+from .base import PLACEHOLDER, Backbone
+from .extras import require
+from .inject import TokenInjector
+
+open_clip = require("open_clip", "openclip", "openclip")
+
+CONFIG_NAME = "open_clip_config.json"
+WEIGHTS_NAME = "open_clip_model.safetensors"
+PLACEHOLDER_CANDIDATES = (PLACEHOLDER, "*", "@", "§")
+
+
+def _parse(arg: str) -> tuple[str, str | None]:
+    """``"ViT-L-14/openai"`` -> ("ViT-L-14", "openai"); a directory -> ("local-dir:<dir>", None)."""
+    p = Path(arg).expanduser()
+    if p.is_dir():
+        return f"local-dir:{p}", None
+    if arg.startswith("hf-hub:"):
+        return arg, None
+    name, _, pretrained = arg.partition("/")
+    return name, (pretrained or None)
+
+
+class OpenClipBackbone(Backbone):
+    def __init__(self, model: torch.nn.Module, preprocess: Any, tokenizer: Any, model_name: str,
+                 model_cfg: dict[str, Any] | None) -> None:
+        super().__init__()
+        self.model = model
+        self._preprocess = preprocess
+        self.tokenizer = tokenizer
+        self.model_name = model_name
+        self.model_cfg = model_cfg
+        text = model if hasattr(model, "token_embedding") else getattr(model, "text", None)
+        self._token_embedding = getattr(text, "token_embedding", None)
+        if self._token_embedding is None:
+            raise CirlabError(f"openclip backbone {model_name!r}: its text tower has no token_embedding "
+                              "(custom Hugging Face text towers are not supported)")
+        self.token_dim = int(self._token_embedding.weight.shape[1])
+        self.embed_dim = int(model.text_projection.shape[1] if isinstance(getattr(model, "text_projection", None),
+                                                                          torch.Tensor)
+                             else self._probe_dim())
+        self._injector = TokenInjector(self._token_embedding)
+        self.placeholder, self.placeholder_id = self._pick_placeholder()
+
+    def _probe_dim(self) -> int:
+        with torch.no_grad():
+            return int(self.model.encode_text(self.tokenize(["a"])["input_ids"]).shape[-1])
+
+    def _pick_placeholder(self) -> tuple[str, int | None]:
+        base = self.tokenizer(["a photo of b"])[0].tolist()
+        for cand in PLACEHOLDER_CANDIDATES:
+            ids = self.tokenizer([f"a photo of {cand} b"])[0].tolist()
+            new = [i for i in ids if i not in base]
+            if len(new) == 1 and ids.count(new[0]) == 1 and ids[:4] == base[:4]:
+                return cand, int(new[0])
+        return PLACEHOLDER, None
+
+    # ---- preprocessing ---------------------------------------------------------------------
+    def preprocess(self, image: Image.Image) -> torch.Tensor:
+        return self._preprocess(image.convert("RGB"))
+
+    def preprocess_config(self) -> dict[str, Any]:
+        return {"transform": repr(self._preprocess)}
+
+    def tokenize(self, texts: Sequence[str]) -> dict[str, torch.Tensor]:
+        return {"input_ids": self.tokenizer(list(texts))}
+
+    # ---- forward hooks ---------------------------------------------------------------------
+    def forward_images(self, pixels: torch.Tensor) -> torch.Tensor:
+        return F.normalize(self.model.encode_image(pixels).float(), dim=-1)
+
+    def forward_image_tokens(self, pixels: torch.Tensor) -> torch.Tensor:
+        visual = self.model.visual
+        if not hasattr(visual, "output_tokens"):
+            raise CirlabError(f"openclip backbone {self.model_name!r}: its image tower does not return patch tokens")
+        before = visual.output_tokens
+        visual.output_tokens = True
+        try:
+            _, tokens = visual(pixels)
+        finally:
+            visual.output_tokens = before
+        return tokens
+
+    def forward_texts(self, tokens: dict[str, torch.Tensor]) -> torch.Tensor:
+        return F.normalize(self.model.encode_text(tokens["input_ids"]).float(), dim=-1)
+
+    def forward_texts_pseudo(self, tokens: dict[str, torch.Tensor], pseudo: torch.Tensor) -> torch.Tensor:
+        ids = tokens["input_ids"]
+        if self.placeholder_id is None:
+            raise CirlabError(f"openclip backbone {self.model_name!r}: no single-token placeholder among "
+                              f"{PLACEHOLDER_CANDIDATES}")
+        if pseudo.shape != (ids.shape[0], self.token_dim):
+            raise CirlabError(f"pseudo tokens have shape {tuple(pseudo.shape)}, expected ({ids.shape[0]}, {self.token_dim})")
+        with self._injector.active(ids == self.placeholder_id, pseudo):
+            return self.forward_texts(tokens)
+
+    def token_embedding_weight(self) -> torch.Tensor:
+        return self._token_embedding.weight
+
+    # ---- persistence -----------------------------------------------------------------------
+    def save(self, directory: str | os.PathLike[str]) -> Path:
+        """Write ``open_clip_config.json`` + ``open_clip_model.safetensors``; ``openclip:<directory>`` loads it."""
+        if not self.model_cfg:
+            raise CirlabError(f"openclip backbone {self.model_name!r}: unknown model config, cannot save")
+        d = Path(directory)
+        d.mkdir(parents=True, exist_ok=True)
+        visual = self.model.visual
+        pp = {"mean": list(visual.image_mean), "std": list(visual.image_std)}
+        pp.update({k: v for k, v in getattr(visual, "preprocess_cfg", {}).items()
+                   if k in ("interpolation", "resize_mode")})
+        state = {k: v.detach().contiguous() for k, v in self.model.state_dict().items()}
+        save_file(state, str(d / (WEIGHTS_NAME + ".tmp")))
+        os.replace(d / (WEIGHTS_NAME + ".tmp"), d / WEIGHTS_NAME)
+        (d / CONFIG_NAME).write_text(json.dumps({"model_cfg": self.model_cfg, "preprocess_cfg": pp}, indent=1))
+        return d
+
+
+@BACKBONES.register("openclip", help="OpenCLIP (openclip:ViT-L-14/openai, openclip:<dir>, openclip:hf-hub:org/repo)")
+def create_openclip(arg: str, **model_kwargs: Any) -> OpenClipBackbone:
+    if not arg:
+        raise CirlabError("openclip backbone needs a model, e.g. openclip:ViT-B-32/openai or openclip:/path/to/dir")
+    name, pretrained = _parse(arg)
+    try:
+        model, _, preprocess = open_clip.create_model_and_transforms(name, pretrained=pretrained, **model_kwargs)
+        tokenizer = open_clip.get_tokenizer(name)
+    except (RuntimeError, ValueError, OSError) as e:
+        raise CirlabError(f"openclip backbone {arg!r}: {e}") from None
+    model_cfg = open_clip.get_model_config(name)
+    return OpenClipBackbone(model, preprocess, tokenizer, name, model_cfg)
+
+
+__all__ = ["OpenClipBackbone", "create_openclip"]

@@ -1,0 +1,101 @@
+"""``openclip:`` backbones: a randomly initialised small open_clip model through the CLI, and the
+one-line install hint when the extra is missing.
+
+open_clip needs torchvision (torch 2.14.1 + torchvision 0.29.1 here), so the CLI test runs in
+its own environment: ``make test-openclip`` (``.venv-openclip``). In the main environment only
+the missing-extra test runs.
+"""
+from __future__ import annotations
+
+import importlib.util
+import json
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+import torch
+
+HAS_OPEN_CLIP = importlib.util.find_spec("open_clip") is not None
+
+TINY_CFG = {"model_cfg": {"embed_dim": 16,
+                          "vision_cfg": {"image_size": 32, "layers": 2, "width": 32, "patch_size": 8, "head_width": 16},
+                          "text_cfg": {"context_length": 32, "vocab_size": 49408, "width": 32, "heads": 2,
+                                       "layers": 2}},
+            "preprocess_cfg": {"mean": [0.5, 0.5, 0.5], "std": [0.25, 0.25, 0.25]}}
+
+
+@pytest.mark.skipif(HAS_OPEN_CLIP, reason="open_clip is installed here")
+def test_missing_extra_is_a_one_line_hint(tmp_path):
+    from cirlab.backbones import create_backbone
+    from cirlab.backbones.extras import MissingExtraError
+
+    with pytest.raises(MissingExtraError, match=r"pip install 'cirlab\[openclip\]'"):
+        create_backbone("openclip:ViT-B-32/openai")
+    from PIL import Image
+
+    (tmp_path / "photos").mkdir()
+    Image.new("RGB", (8, 8)).save(tmp_path / "photos" / "a.png")
+    r = subprocess.run([sys.executable, "-m", "cirlab", "index", str(tmp_path / "photos"), "--out", str(tmp_path / "i"),
+                        "--backbone", "openclip:ViT-B-32/openai"], capture_output=True, text=True, timeout=300)
+    assert r.returncode == 2
+    assert r.stderr.strip().splitlines() == ["cirlab: error: the openclip: backbones need open_clip: "
+                                             "pip install 'cirlab[openclip]'"]
+
+
+@pytest.fixture(scope="module")
+def openclip_dir(tmp_path_factory):
+    pytest.importorskip("open_clip")
+    from cirlab.backbones import create_backbone
+
+    src = tmp_path_factory.mktemp("oc-config")
+    (src / "open_clip_config.json").write_text(json.dumps(TINY_CFG))
+    torch.manual_seed(3)
+    bb = create_backbone(f"openclip:{src}")          # random weights: the config names no checkpoint
+    out = tmp_path_factory.mktemp("oc-saved")
+    bb.save(out)
+    return out
+
+
+@pytest.mark.skipif(not HAS_OPEN_CLIP, reason="needs open_clip (make test-openclip)")
+def test_openclip_real_tokenizer_and_placeholder(openclip_dir):
+    from cirlab.backbones import create_backbone
+
+    bb = create_backbone(f"openclip:{openclip_dir}")
+    ids = bb.tokenize(["a photo of $ that is red"])["input_ids"][0].tolist()
+    # open_clip's own BPE vocabulary (shipped in its wheel): <start> a photo of $ that is red <end>
+    assert ids[0] == 49406 and ids[ids.index(49407) - 1] != 49406 and bb.placeholder == "$"
+    assert bb.placeholder_id in ids and bb.tokenizer.decoder[bb.placeholder_id] == "$</w>"
+
+
+@pytest.mark.skipif(not HAS_OPEN_CLIP, reason="needs open_clip (make test-openclip)")
+def test_cli_index_search_eval(openclip_dir, small_world, tmp_path, capsys, monkeypatch):
+    from cirlab.backbones import create_backbone
+    from cirlab.cli import main
+    from cirlab.data import load_dataset
+    from cirlab.index import load_index
+
+    torch.set_num_threads(1)
+    monkeypatch.setenv("CIRLAB_CACHE", str(tmp_path / "cache"))
+    spec = f"openclip:{openclip_dir}"
+    test = small_world / "test"
+    ds = load_dataset(test)
+    assert main(["index", str(test), "--out", str(tmp_path / "idx"), "--backbone", spec]) == 0
+    assert f"indexed {len(ds.gallery)} images" in capsys.readouterr().out
+    index, manifest = load_index(tmp_path / "idx")
+    feats = create_backbone(spec).encode_images(ds.gallery.paths)
+    torch.testing.assert_close(index.vectors(ds.gallery.ids), feats, atol=1e-5, rtol=0)
+
+    ref = ds.gallery.ids[5]
+    assert main(["search", "--index", str(tmp_path / "idx"), "--reference", ref, "--text", "bigger",
+                 "--method", "image", "--keep-reference", "-k", "3", "--json"]) == 0
+    hits = json.loads(capsys.readouterr().out)["results"]
+    s = (feats @ feats[5]).numpy()
+    assert [h["id"] for h in hits] == [ds.gallery.ids[i] for i in np.argsort(-s, kind="stable")[:3]]
+
+    assert main(["eval", "--data", str(test), "--backbone", spec, "--methods", "image,text,sum",
+                 "--index-dir", str(tmp_path / "idx"), "--json"]) == 0
+    res = {r["method"]: r["metrics"] for r in json.loads(capsys.readouterr().out)["results"]}
+    assert set(res) == {"image", "text", "sum"}
+    assert all(0 <= v <= 100 for m in res.values() for k, v in m.items() if k.startswith("recall@"))
+    assert all(m["recall@50"] >= m["recall@10"] >= m["recall@1"] for m in res.values())
