@@ -1,11 +1,17 @@
 """The index interface: numpy/torch in, (scores, ids) out; created from a spec string.
 
-``create_index("exact")`` today; ANN and distributed backends (``faiss:...``,
-``milvus:...``) register themselves in the same registry.
+Spec strings are ``kind[:argument][?option=value&option=value]``: ``exact``,
+``exact:fp16?mmap=1``, ``faiss:IVF256,Flat?nprobe=16``, ``milvus:gallery.db``.
+Optional kinds (``faiss``, ``milvus``) are imported on first use, so their
+packages are only needed when they are used. Every backend's ``save`` writes its
+files atomically (write-then-rename) and then the manifest (``index.json``) with
+the common fields of ``manifest_fields``; ``load_index`` checks them.
 """
 from __future__ import annotations
 
 import abc
+import hashlib
+import importlib
 import json
 import os
 from pathlib import Path
@@ -15,9 +21,52 @@ import numpy as np
 import torch
 
 from ..errors import IndexMismatchError
-from ..registry import Registry, split_spec
+from ..registry import Registry
 
 MANIFEST = "index.json"
+METRIC = "ip"  # every backend ranks by inner product of L2-normalised vectors (= cosine)
+# optional kinds: registry name -> module under cirlab.index, imported by ``ensure_kind``
+OPTIONAL_KINDS = {"faiss": "faiss_index", "milvus": "milvus_index"}
+
+
+def ids_checksum(ids: Sequence[str]) -> str:
+    """A short hash of an ordered id list (recorded in manifests to detect a changed gallery)."""
+    return hashlib.sha256("\n".join(ids).encode()).hexdigest()[:16]
+
+
+def _option_value(text: str) -> Any:
+    low = text.lower()
+    if low in ("true", "yes", "on"):
+        return True
+    if low in ("false", "no", "off"):
+        return False
+    for conv in (int, float):
+        try:
+            return conv(text)
+        except ValueError:
+            pass
+    return text
+
+
+def split_index_spec(spec: str) -> tuple[str, str]:
+    """``"exact?mmap=1"`` -> ``("exact", "?mmap=1")``; ``"faiss:HNSW32?efSearch=64"`` -> ``("faiss", "HNSW32?efSearch=64")``."""
+    cut = min((p for p in (spec.find(":"), spec.find("?")) if p >= 0), default=-1)
+    if cut < 0:
+        return spec.strip(), ""
+    return spec[:cut].strip(), spec[cut + 1:].strip() if spec[cut] == ":" else spec[cut:].strip()
+
+
+def parse_options(arg: str) -> tuple[str, dict[str, Any]]:
+    """``"IVF256,Flat?nprobe=16&train_size=50000"`` -> ``("IVF256,Flat", {"nprobe": 16, "train_size": 50000})``."""
+    main, sep, query = arg.partition("?")
+    opts: dict[str, Any] = {}
+    if sep:
+        for part in filter(None, query.split("&")):
+            key, eq, value = part.partition("=")
+            if not eq or not key.strip():
+                raise ValueError(f"index option {part!r} in {arg!r}: expected name=value")
+            opts[key.strip()] = _option_value(value.strip())
+    return main.strip(), opts
 
 
 def as_tensor(x: Any) -> torch.Tensor:
@@ -58,12 +107,37 @@ class VectorIndex(abc.ABC):
     def vectors(self, ids: Sequence[str]) -> torch.Tensor:
         raise NotImplementedError(f"{type(self).__name__} does not return stored vectors")
 
+    def count(self) -> int:
+        return len(self)
+
+    def manifest_fields(self) -> dict[str, Any]:
+        """The manifest fields every backend writes: spec, dim, metric, count, ids, id checksum, version."""
+        from .. import __version__
+
+        ids = self.ids
+        return {"index": self.spec, "dim": self.dim, "metric": METRIC, "count": len(ids), "ids": ids,
+                "ids_checksum": ids_checksum(ids), "cirlab": __version__}
+
 
 INDEXES: Registry[VectorIndex] = Registry("index")
 
 
+def ensure_kind(kind: str) -> None:
+    """Import the module of an optional index kind (``faiss``, ``milvus``) so it registers itself."""
+    if kind in INDEXES or kind not in OPTIONAL_KINDS:
+        return
+    try:
+        importlib.import_module(f"{__package__}.{OPTIONAL_KINDS[kind]}")
+    except ModuleNotFoundError as e:
+        if e.name and not e.name.startswith("cirlab"):
+            raise IndexMismatchError(f"index kind {kind!r} needs the package {e.name!r}: "
+                                     f"pip install 'cirlab[scale]'") from None
+        raise
+
+
 def create_index(spec: str, dim: int, **kwargs: Any) -> VectorIndex:
-    kind, arg = split_spec(spec)
+    kind, arg = split_index_spec(spec)
+    ensure_kind(kind)
     index = INDEXES.get(kind)(arg, dim=dim, **kwargs)
     index.spec = spec
     return index
@@ -95,10 +169,29 @@ def load_index(directory: str | os.PathLike[str], backbone_spec: str | None = No
                                  f"not {backbone_spec!r}; rebuild it or pass --backbone {manifest.get('backbone')}")
     if dim is not None and manifest.get("dim") != dim:
         raise IndexMismatchError(f"{directory}: index has dim {manifest.get('dim')}, the backbone gives {dim}")
-    kind, _ = split_spec(manifest.get("index", "exact"))
+    check_manifest(directory, manifest)
+    kind, _ = split_index_spec(manifest.get("index", "exact"))
+    ensure_kind(kind)
     loader = getattr(INDEXES.get(kind), "load", None)
     if loader is None:
         raise IndexMismatchError(f"{directory}: index kind {kind!r} cannot be loaded")
     index = loader(directory, manifest)
     index.spec = manifest.get("index", kind)
+    if "count" in manifest and len(index) != manifest["count"]:
+        raise IndexMismatchError(f"{directory}: the {kind} index holds {len(index)} vectors but {MANIFEST} "
+                                 f"says count={manifest['count']}; the index was changed after it was saved, rebuild it")
     return index, manifest
+
+
+def check_manifest(directory: str | os.PathLike[str], manifest: dict[str, Any]) -> None:
+    """Internal consistency of a manifest: count, ids and their checksum agree; metric is ours."""
+    where = Path(directory) / MANIFEST
+    ids = manifest.get("ids")
+    if ids is not None and "count" in manifest and len(ids) != manifest["count"]:
+        raise IndexMismatchError(f"{where}: count={manifest['count']} but {len(ids)} ids are listed")
+    if ids is not None and "ids_checksum" in manifest and "metric" in manifest \
+            and ids_checksum(ids) != manifest["ids_checksum"]:
+        raise IndexMismatchError(f"{where}: ids_checksum {manifest['ids_checksum']} does not match the listed ids "
+                                 f"({ids_checksum(ids)}); the manifest was edited or torn, rebuild the index")
+    if manifest.get("metric", METRIC) != METRIC:
+        raise IndexMismatchError(f"{where}: metric {manifest['metric']!r} is not supported (cirlab uses {METRIC!r})")

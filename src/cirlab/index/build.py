@@ -8,7 +8,6 @@ the same backbone loads the saved index and encodes nothing.
 """
 from __future__ import annotations
 
-import hashlib
 import json
 import logging
 import os
@@ -23,14 +22,10 @@ from tqdm.auto import tqdm
 from .. import __version__
 from ..backbones.base import Backbone
 from ..data.record import Gallery
-from .base import MANIFEST, VectorIndex, create_index, load_index, read_manifest
+from .base import MANIFEST, VectorIndex, create_index, ids_checksum, load_index, read_manifest
 
 log = logging.getLogger(__name__)
 CHUNKS = "chunks"
-
-
-def ids_checksum(ids: list[str]) -> str:
-    return hashlib.sha256("\n".join(ids).encode()).hexdigest()[:16]
 
 
 def _chunk_state(backbone: Backbone, gallery: Gallery, chunk_size: int) -> dict[str, Any]:
@@ -38,10 +33,9 @@ def _chunk_state(backbone: Backbone, gallery: Gallery, chunk_size: int) -> dict[
             "chunk_size": chunk_size}
 
 
-def encode_gallery(backbone: Backbone, gallery: Gallery, work_dir: Path, chunk_size: int = 2048,
-                   batch_size: int = 64, progress: bool = True) -> torch.Tensor:
-    """(N, D) features of the gallery; finished chunks under ``work_dir/chunks`` are reused."""
-    cdir = work_dir / CHUNKS
+def prepare_chunks(backbone: Backbone, gallery: Gallery, work_dir: Path, chunk_size: int) -> Path:
+    """The chunk directory for this (backbone, gallery, chunk size); stale chunks from another one are removed."""
+    cdir = Path(work_dir) / CHUNKS
     state = _chunk_state(backbone, gallery, chunk_size)
     state_p = cdir / "state.json"
     if cdir.is_dir():
@@ -52,26 +46,55 @@ def encode_gallery(backbone: Backbone, gallery: Gallery, work_dir: Path, chunk_s
         if old != state:
             shutil.rmtree(cdir)
     cdir.mkdir(parents=True, exist_ok=True)
-    state_p.write_text(json.dumps(state))
-    n_chunks = (len(gallery) + chunk_size - 1) // chunk_size
+    if not state_p.is_file():
+        tmp = state_p.with_name("state.json.tmp")
+        tmp.write_text(json.dumps(state))
+        os.replace(tmp, state_p)
+    return cdir
+
+
+def chunk_path(cdir: Path, c: int) -> Path:
+    return cdir / f"chunk-{c:05d}.safetensors"
+
+
+def chunk_bounds(n: int, chunk_size: int) -> list[tuple[int, int]]:
+    return [(lo, min(n, lo + chunk_size)) for lo in range(0, n, chunk_size)]
+
+
+def read_chunk(path: Path, rows: int) -> torch.Tensor | None:
+    """A finished chunk's features, or None when it is missing, torn or of the wrong length."""
+    if not path.is_file():
+        return None
+    try:
+        x = load_file(str(path))["features"]
+    except Exception:  # a torn file from a crash: encode again
+        return None
+    return x if len(x) == rows else None
+
+
+def write_chunk(path: Path, x: torch.Tensor) -> None:
+    """Write a chunk atomically (write-then-rename): a crash leaves either no chunk or a whole one."""
+    tmp = path.with_name(path.name + ".tmp")
+    save_file({"features": x.contiguous()}, str(tmp))
+    os.replace(tmp, path)
+
+
+def missing_chunks(cdir: Path, n: int, chunk_size: int) -> list[int]:
+    return [c for c, (lo, hi) in enumerate(chunk_bounds(n, chunk_size)) if read_chunk(chunk_path(cdir, c), hi - lo) is None]
+
+
+def encode_gallery(backbone: Backbone, gallery: Gallery, work_dir: Path, chunk_size: int = 2048,
+                   batch_size: int = 64, progress: bool = True) -> torch.Tensor:
+    """(N, D) features of the gallery; finished chunks under ``work_dir/chunks`` are reused."""
+    cdir = prepare_chunks(backbone, gallery, Path(work_dir), chunk_size)
     feats = []
     bar = tqdm(total=len(gallery), desc="encode gallery", unit="img", disable=not progress)
-    for c in range(n_chunks):
-        path = cdir / f"chunk-{c:05d}.safetensors"
-        lo, hi = c * chunk_size, min(len(gallery), (c + 1) * chunk_size)
-        x = None
-        if path.is_file():
-            try:
-                x = load_file(str(path))["features"]
-                if len(x) != hi - lo:
-                    x = None
-            except Exception:  # a torn file from a crash: encode again
-                x = None
+    for c, (lo, hi) in enumerate(chunk_bounds(len(gallery), chunk_size)):
+        path = chunk_path(cdir, c)
+        x = read_chunk(path, hi - lo)
         if x is None:
             x = backbone.encode_images(gallery.paths[lo:hi], batch_size=batch_size)
-            tmp = path.with_name(path.name + ".tmp")
-            save_file({"features": x.contiguous()}, str(tmp))
-            os.replace(tmp, path)
+            write_chunk(path, x)
         feats.append(x)
         bar.update(hi - lo)
     bar.close()
@@ -80,8 +103,15 @@ def encode_gallery(backbone: Backbone, gallery: Gallery, work_dir: Path, chunk_s
 
 def build_index(backbone: Backbone, gallery: Gallery, directory: str | os.PathLike[str], index_spec: str = "exact",
                 chunk_size: int = 2048, batch_size: int = 64, progress: bool = True,
-                extra: dict[str, Any] | None = None) -> VectorIndex:
-    """Build (or reuse) the index of ``gallery`` under ``directory``."""
+                extra: dict[str, Any] | None = None, ray: str | bool | None = None,
+                ray_options: dict[str, Any] | None = None) -> VectorIndex:
+    """Build (or reuse) the index of ``gallery`` under ``directory``.
+
+    ``ray``: encode the missing chunks with Ray Data first (``True``/``""`` = a local Ray, or a cluster
+    address such as ``"auto"`` or ``"ray://head:10001"``; ``ray_options`` go to
+    ``cirlab.index.ray_encode.encode_chunks_ray``). An interrupted build resumes from its finished chunks;
+    the manifest is written last, so a directory without ``index.json`` holds no (possibly torn) index.
+    """
     d = Path(directory)
     if (d / MANIFEST).is_file():
         m = read_manifest(d)
@@ -91,6 +121,14 @@ def build_index(backbone: Backbone, gallery: Gallery, directory: str | os.PathLi
             log.info("reusing index %s (%d images)", d, len(index))
             return index
     d.mkdir(parents=True, exist_ok=True)
+    # an index being rebuilt is no index until its new manifest lands
+    (d / MANIFEST).unlink(missing_ok=True)
+    if ray is not None and ray is not False:
+        from .ray_encode import encode_chunks_ray
+
+        encode_chunks_ray(backbone, gallery, d, chunk_size=chunk_size, batch_size=batch_size,
+                          address=None if ray is True or ray == "" else str(ray), progress=progress,
+                          **(ray_options or {}))
     feats = encode_gallery(backbone, gallery, d, chunk_size, batch_size, progress)
     index = create_index(index_spec, dim=backbone.embed_dim)
     index.add(gallery.ids, feats)

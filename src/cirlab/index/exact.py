@@ -1,7 +1,20 @@
-"""``exact``: brute-force cosine search in torch, chunked so memory stays bounded."""
+"""``exact``: brute-force cosine search in torch, blocked so memory stays bounded and caches stay warm.
+
+Spec: ``exact`` (float32), ``exact:fp16`` (half-precision storage, scores computed in float32 one
+block at a time), and the option ``?mmap=1`` (``exact?mmap=1``, ``exact:fp16?mmap=1``): a loaded
+index memory-maps ``features.safetensors`` instead of reading it, so an index larger than RAM is
+searched straight from the page cache.
+
+Search multiplies a block of up to ``query_block`` queries with ``chunk`` gallery rows at a time into
+one reused buffer, keeps each block's top-k, and merges; small tiles are markedly faster than one big
+score matrix (the tile stays in cache and no page is faulted in per call).
+"""
 from __future__ import annotations
 
+import json
 import os
+import struct
+import warnings
 from pathlib import Path
 from typing import Any, Sequence
 
@@ -10,16 +23,42 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from ..errors import IndexMismatchError
-from .base import INDEXES, VectorIndex, as_tensor, write_manifest
+from .base import INDEXES, VectorIndex, as_tensor, parse_options, split_index_spec, write_manifest
 
 FEATURES = "features.safetensors"
+_ST_DTYPES = {"F32": (np.float32, torch.float32), "F16": (np.float16, torch.float16)}
+
+
+def mmap_safetensors(path: str | os.PathLike[str], name: str = "features") -> torch.Tensor:
+    """A read-only tensor backed by the bytes of ``name`` inside a safetensors file (no copy)."""
+    with open(path, "rb") as f:
+        (n,) = struct.unpack("<Q", f.read(8))
+        header = json.loads(f.read(n))
+    if name not in header:
+        raise IndexMismatchError(f"{path}: no tensor {name!r} (has {sorted(k for k in header if k != '__metadata__')})")
+    info = header[name]
+    if info["dtype"] not in _ST_DTYPES:
+        raise IndexMismatchError(f"{path}: tensor {name!r} has dtype {info['dtype']}; memory-mapping supports "
+                                 f"{sorted(_ST_DTYPES)}")
+    np_dtype, _ = _ST_DTYPES[info["dtype"]]
+    start, end = info["data_offsets"]
+    shape = tuple(info["shape"])
+    if end == start:
+        return torch.from_numpy(np.zeros(shape, dtype=np_dtype))
+    arr = np.memmap(path, dtype=np_dtype, mode="r", offset=8 + n + start, shape=shape)
+    with warnings.catch_warnings():  # read-only mapping: torch warns that it cannot be written, as intended
+        warnings.simplefilter("ignore", UserWarning)
+        return torch.from_numpy(arr)
 
 
 class ExactIndex(VectorIndex):
-    def __init__(self, dim: int, dtype: torch.dtype = torch.float32, chunk: int = 65536) -> None:
+    def __init__(self, dim: int, dtype: torch.dtype = torch.float32, chunk: int = 4096, query_block: int = 1024,
+                 mmap: bool = False) -> None:
         self.dim = dim
         self.dtype = dtype
         self.chunk = chunk
+        self.query_block = query_block
+        self.mmap = mmap
         self._ids: list[str] = []
         self._pos: dict[str, int] = {}
         self._x = torch.empty(0, dim, dtype=dtype)
@@ -46,12 +85,14 @@ class ExactIndex(VectorIndex):
         self._x = torch.cat([self._x, x.to(self.dtype)])
 
     def remove(self, ids: Sequence[str]) -> int:
-        drop = {self._pos[i] for i in ids if i in self._pos}
+        drop = sorted({self._pos[i] for i in ids if i in self._pos})
         if not drop:
             return 0
-        keep = [n for n in range(len(self._ids)) if n not in drop]
+        keep = torch.ones(len(self._ids), dtype=torch.bool)
+        keep[drop] = False
         self._x = self._x[keep]
-        self._ids = [self._ids[n] for n in keep]
+        gone = set(drop)
+        self._ids = [i for n, i in enumerate(self._ids) if n not in gone]
         self._pos = {i: n for n, i in enumerate(self._ids)}
         return len(drop)
 
@@ -65,6 +106,45 @@ class ExactIndex(VectorIndex):
         return self._x
 
     @torch.no_grad()
+    def _topk_positions(self, q: torch.Tensor, kk: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """(Q, kk) best scores and row positions, exact, by blocks of queries x gallery rows."""
+        n = len(self._ids)
+        out_s = torch.empty(len(q), kk)
+        out_i = torch.empty(len(q), kk, dtype=torch.long)
+        chunk = max(1, self.chunk)
+        buf = torch.empty(min(self.query_block, len(q)), min(chunk, n))
+        merge_every = max(1, 8192 // max(kk, 1))  # merge block winners before they grow large
+        for q0 in range(0, len(q), self.query_block):
+            qb = q[q0:q0 + self.query_block]
+            best_s = torch.empty(len(qb), 0)
+            best_i = torch.empty(len(qb), 0, dtype=torch.long)
+            pend_s, pend_i = [best_s], [best_i]
+            for b, start in enumerate(range(0, n, chunk)):
+                block = self._x[start:start + chunk]
+                if block.dtype != torch.float32:
+                    block = block.float()
+                s = buf[:len(qb), :len(block)]
+                torch.matmul(qb, block.T, out=s)
+                cs, ci = s.topk(min(kk, len(block)), dim=1)
+                pend_s.append(cs)
+                pend_i.append(ci + start)
+                if len(pend_s) > merge_every:
+                    best_s, best_i = self._merge(pend_s, pend_i, kk)
+                    pend_s, pend_i = [best_s], [best_i]
+            best_s, best_i = self._merge(pend_s, pend_i, kk)
+            out_s[q0:q0 + len(qb)] = best_s
+            out_i[q0:q0 + len(qb)] = best_i
+        return out_s, out_i
+
+    @staticmethod
+    def _merge(scores: list[torch.Tensor], pos: list[torch.Tensor], kk: int) -> tuple[torch.Tensor, torch.Tensor]:
+        s, i = torch.cat(scores, 1), torch.cat(pos, 1)
+        if s.shape[1] > kk:
+            s, sel = s.topk(kk, dim=1)
+            i = i.gather(1, sel)
+        return s, i
+
+    @torch.no_grad()
     def search(self, queries: Any, k: int, exclude: Sequence[Sequence[str] | None] | None = None
                ) -> tuple[np.ndarray, list[list[str]]]:
         q = as_tensor(queries)
@@ -75,23 +155,14 @@ class ExactIndex(VectorIndex):
         n = len(self._ids)
         extra = max((len(e) for e in exclude if e), default=0) if exclude else 0
         kk = min(n, k + extra)
-        best_s = torch.full((len(q), 0), float("-inf"))
-        best_i = torch.empty((len(q), 0), dtype=torch.long)
-        for start in range(0, n, self.chunk):
-            block = self._x[start:start + self.chunk]
-            s = q.to(block.dtype) @ block.T
-            s = s.float()
-            cs, ci = s.topk(min(kk, s.shape[1]), dim=1)
-            best_s = torch.cat([best_s, cs], 1)
-            best_i = torch.cat([best_i, ci + start], 1)
-            if best_s.shape[1] > kk:
-                best_s, sel = best_s.topk(kk, dim=1)
-                best_i = best_i.gather(1, sel)
+        out_s = np.full((len(q), k), -np.inf, dtype=np.float32)
+        if kk == 0 or len(q) == 0:
+            return out_s, [[] for _ in range(len(q))]
+        best_s, best_i = self._topk_positions(q.contiguous(), kk)
         # stable order: score descending, then position ascending (ties broken by insertion order)
         order = np.lexsort((best_i.numpy(), -best_s.numpy()), axis=1)
         scores = np.take_along_axis(best_s.numpy(), order, 1)
         idx = np.take_along_axis(best_i.numpy(), order, 1)
-        out_s = np.full((len(q), k), -np.inf, dtype=np.float32)
         out_ids: list[list[str]] = []
         for r in range(len(q)):
             skip = set(exclude[r]) if exclude and exclude[r] else set()
@@ -114,8 +185,10 @@ class ExactIndex(VectorIndex):
         save_file({"features": self._x.contiguous()}, str(tmp))
         os.replace(tmp, d / FEATURES)
         m = dict(manifest or {})
-        m.update({"index": self.spec or "exact", "dim": self.dim, "count": len(self), "ids": self._ids,
-                  "dtype": str(self.dtype).replace("torch.", "")})
+        if not self.spec:
+            self.spec = "exact"
+        m.update(self.manifest_fields())
+        m["dtype"] = str(self.dtype).replace("torch.", "")
         write_manifest(d, m)
         return d
 
@@ -124,24 +197,32 @@ class ExactIndex(VectorIndex):
         p = Path(directory) / FEATURES
         if not p.is_file():
             raise IndexMismatchError(f"{p} not found")
-        x = load_file(str(p))["features"]
+        _, opts = parse_options(split_index_spec(manifest.get("index", "exact"))[1])
+        mmap = bool(opts.get("mmap", False))
+        x = mmap_safetensors(p) if mmap else load_file(str(p))["features"]
         ids = manifest["ids"]
         if len(ids) != len(x) or x.shape[1] != manifest["dim"]:
             raise IndexMismatchError(f"{p}: {tuple(x.shape)} features do not match the manifest "
                                      f"({len(ids)} ids, dim {manifest['dim']})")
-        index = ExactIndex(manifest["dim"], dtype=x.dtype)
+        index = ExactIndex(manifest["dim"], dtype=x.dtype, mmap=mmap)
         index._ids = list(ids)
         index._pos = {i: n for n, i in enumerate(ids)}
         index._x = x
         return index
 
 
-@INDEXES.register("exact", help="brute-force cosine search in torch (exact; 'exact:fp16' stores half precision)")
+@INDEXES.register("exact", help="brute-force cosine search in torch (exact; 'exact:fp16' stores half precision; "
+                                "'?mmap=1' memory-maps the saved features)")
 def create_exact(arg: str, dim: int, **kw: Any) -> ExactIndex:
-    dtype = {"": torch.float32, "fp32": torch.float32, "fp16": torch.float16}.get(arg)
+    main, opts = parse_options(arg)
+    dtype = {"": torch.float32, "fp32": torch.float32, "fp16": torch.float16}.get(main)
     if dtype is None:
-        raise ValueError(f"exact index option {arg!r}: use 'exact' or 'exact:fp16'")
-    return ExactIndex(dim, dtype=dtype, **kw)
+        raise ValueError(f"exact index option {main!r}: use 'exact' or 'exact:fp16'")
+    known = {"mmap", "chunk", "query_block"}
+    unknown = set(opts) - known
+    if unknown:
+        raise ValueError(f"exact index: unknown option(s) {sorted(unknown)}; known: {sorted(known)}")
+    return ExactIndex(dim, dtype=dtype, **{**opts, **kw})
 
 
 create_exact.load = ExactIndex.load  # type: ignore[attr-defined]
