@@ -1,0 +1,162 @@
+"""The Combiner (CLIP4Cir-style supervised fusion) over a frozen backbone's features.
+
+The query is ``normalize(out(fused) + g * text + (1 - g) * image)``: both features are
+projected (linear + ReLU + dropout), concatenated, passed through a hidden layer
+(``out``) and a gate ``g`` in (0, 1) computed from the same concatenation mixes the
+raw features back in. A learnable temperature (``logit_scale = log(1 / T)``) scales
+the cosine logits of the contrastive loss. The model sees only cached features, so it
+trains in seconds on CPU (``cirlab.train.supervised``).
+
+A checkpoint directory holds ``model.safetensors`` + ``config.json`` (the Combiner's
+shape, the backbone spec and weight fingerprint it was trained on, the training log);
+use it as the method ``combiner:DIR``.
+"""
+from __future__ import annotations
+
+import json
+import math
+import os
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from safetensors.torch import load_file, save_file
+from torch import nn
+
+from ..backbones.base import Backbone
+from ..errors import CirlabError
+from . import METHODS
+from .base import Method, QueryBatch
+
+KIND = "combiner"
+
+
+@dataclass
+class CombinerConfig:
+    dim: int                      # the backbone's embedding dimension
+    projection: int = 512         # width of the image / text projections
+    hidden: int = 1024            # width of the fusion layer
+    dropout: float = 0.2
+    temperature: float = 0.07     # initial temperature of the contrastive logits (learnable)
+
+    def __post_init__(self) -> None:
+        for name in ("dim", "projection", "hidden"):
+            if int(getattr(self, name)) < 1:
+                raise CirlabError(f"combiner {name} must be >= 1, got {getattr(self, name)}")
+        if not 0.0 <= self.dropout < 1.0:
+            raise CirlabError(f"combiner dropout must be in [0, 1), got {self.dropout}")
+        if self.temperature <= 0:
+            raise CirlabError(f"combiner temperature must be > 0, got {self.temperature}")
+
+
+class Combiner(nn.Module):
+    """(image features, text features) -> composed query features, all (B, dim); output L2-normalised."""
+
+    def __init__(self, cfg: CombinerConfig) -> None:
+        super().__init__()
+        self.cfg = cfg
+        p, h = cfg.projection, cfg.hidden
+        self.image_proj = nn.Linear(cfg.dim, p)
+        self.text_proj = nn.Linear(cfg.dim, p)
+        self.fuse = nn.Linear(2 * p, h)
+        self.out = nn.Linear(h, cfg.dim)
+        self.gate = nn.Sequential(nn.Linear(2 * p, h), nn.ReLU(), nn.Dropout(cfg.dropout), nn.Linear(h, 1))
+        self.drop = nn.Dropout(cfg.dropout)
+        self.logit_scale = nn.Parameter(torch.tensor(math.log(1.0 / cfg.temperature)))
+
+    def forward(self, image: torch.Tensor, text: torch.Tensor) -> torch.Tensor:
+        image = F.normalize(image.float(), dim=-1)
+        text = F.normalize(text.float(), dim=-1)
+        pi = self.drop(F.relu(self.image_proj(image)))
+        pt = self.drop(F.relu(self.text_proj(text)))
+        both = torch.cat([pi, pt], dim=-1)
+        fused = self.out(self.drop(F.relu(self.fuse(both))))
+        g = torch.sigmoid(self.gate(both))
+        return F.normalize(fused + g * text + (1 - g) * image, dim=-1)
+
+    def scale(self) -> torch.Tensor:
+        """exp(logit_scale), clamped to at most 100 (temperature >= 0.01) as in CLIP."""
+        return self.logit_scale.clamp(max=math.log(100.0)).exp()
+
+
+@dataclass
+class CombinerCheckpoint:
+    model: Combiner
+    backbone: str = ""
+    fingerprint: str = ""
+    training: dict[str, Any] = field(default_factory=dict)
+
+    def save(self, directory: str | os.PathLike[str]) -> Path:
+        d = Path(directory)
+        d.mkdir(parents=True, exist_ok=True)
+        state = {k: v.detach().float().cpu().contiguous() for k, v in self.model.state_dict().items()}
+        save_file(state, str(d / "model.safetensors.tmp"), metadata={"format": "pt", "kind": KIND})
+        os.replace(d / "model.safetensors.tmp", d / "model.safetensors")
+        cfg = {"method": KIND, "combiner": asdict(self.model.cfg), "backbone": self.backbone,
+               "fingerprint": self.fingerprint, "training": self.training}
+        (d / "config.json.tmp").write_text(json.dumps(cfg, indent=1))
+        os.replace(d / "config.json.tmp", d / "config.json")
+        return d
+
+
+def load_combiner(directory: str | os.PathLike[str] | None, backbone: Backbone | None = None) -> CombinerCheckpoint:
+    """Read a checkpoint written by ``cirlab train combiner``; check it fits ``backbone``."""
+    if not directory:
+        raise CirlabError("method 'combiner' needs a trained checkpoint: combiner:/path/to/dir "
+                          "(train one with `cirlab train combiner --real DIR --out DIR`)")
+    d = Path(directory).expanduser()
+    cfg_p, w_p = d / "config.json", d / "model.safetensors"
+    for p in (cfg_p, w_p):
+        if not p.is_file():
+            raise CirlabError(f"combiner: {p} not found (a checkpoint directory holds config.json + "
+                              f"model.safetensors; train one with `cirlab train combiner --real DIR --out {d}`)")
+    try:
+        cfg = json.loads(cfg_p.read_text())
+    except json.JSONDecodeError as e:
+        raise CirlabError(f"{cfg_p}: not valid JSON ({e})") from None
+    if cfg.get("method") != KIND:
+        raise CirlabError(f"{cfg_p}: holds a {cfg.get('method')!r} checkpoint, not a combiner")
+    try:
+        ccfg = CombinerConfig(**cfg["combiner"])
+    except (KeyError, TypeError) as e:
+        raise CirlabError(f"{cfg_p}: field 'combiner' is missing or malformed ({e})") from None
+    model = Combiner(ccfg)
+    missing, unexpected = model.load_state_dict(load_file(str(w_p)), strict=False)
+    if missing or unexpected:
+        raise CirlabError(f"{w_p}: weights do not match {cfg_p} (missing {missing[:3]}, unexpected {unexpected[:3]})")
+    ck = CombinerCheckpoint(model.eval(), cfg.get("backbone", ""), cfg.get("fingerprint", ""), cfg.get("training", {}))
+    if backbone is not None:
+        if ccfg.dim != backbone.embed_dim:
+            raise CirlabError(f"{d}: combiner dim {ccfg.dim} != embed_dim {backbone.embed_dim} of backbone "
+                              f"{backbone.spec!r} (trained on {ck.backbone!r})")
+        if ck.fingerprint and ck.fingerprint != backbone.fingerprint():
+            raise CirlabError(f"{d}: trained on features of {ck.backbone!r} with other weights than backbone "
+                              f"{backbone.spec!r}; retrain it for this backbone")
+    return ck
+
+
+class CombinerMethod(Method):
+    name = KIND
+
+    def __init__(self, backbone: Backbone, checkpoint: CombinerCheckpoint, source: str = "") -> None:
+        super().__init__(backbone)
+        self.checkpoint = checkpoint
+        self.combiner = checkpoint.model.eval()
+        self.source = source
+
+    @torch.no_grad()
+    def compose(self, batch: QueryBatch) -> torch.Tensor:
+        text = self.encode_texts(batch.texts)
+        return self.combiner(batch.reference_features.float(), text)
+
+    def config(self) -> dict[str, Any]:
+        return {"name": self.name, "checkpoint": self.source, "combiner": asdict(self.combiner.cfg),
+                "trained_on": self.checkpoint.backbone,
+                "training": {k: v for k, v in self.checkpoint.training.items() if k != "log"}}
+
+
+@METHODS.register(KIND, help="Combiner (CLIP4Cir-style fusion, supervised); combiner:CHECKPOINT_DIR")
+def _combiner(arg: str, backbone: Backbone) -> Method:
+    return CombinerMethod(backbone, load_combiner(arg, backbone), arg)
