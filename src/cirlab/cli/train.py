@@ -23,7 +23,14 @@ def register(sub: argparse._SubParsersAction) -> None:
     b.add_argument("--text-depth", type=int, default=3)
     b.add_argument("--embed-dim", type=int, default=128)
     b.add_argument("--seed", type=int, default=0)
+    b.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's choice)")
     b.set_defaults(func=run_backbone)
+    from .train_method import register_method_training  # zero-shot methods (issue 7)
+
+    register_method_training(tsub)
+    from .train_supervised import register_supervised_training  # Combiner, DAIG (issue 6)
+
+    register_supervised_training(tsub)
 
 
 def run_backbone(args: argparse.Namespace) -> int:
@@ -32,7 +39,8 @@ def run_backbone(args: argparse.Namespace) -> int:
     cfg = BackboneTrainConfig(data=str(args.data), out=str(args.out),
                               eval_data=str(args.eval_data) if args.eval_data else None, epochs=args.epochs,
                               max_steps=args.max_steps, batch_size=args.batch_size, lr=args.lr, width=args.width,
-                              depth=args.depth, text_depth=args.text_depth, embed_dim=args.embed_dim, seed=args.seed)
+                              depth=args.depth, text_depth=args.text_depth, embed_dim=args.embed_dim, seed=args.seed,
+                              threads=args.threads)
     summary = train_backbone(cfg)
     print(json.dumps({"out": str(args.out), "steps": summary["steps"], "seconds": summary["seconds"],
                       "eval": summary.get("eval")}, indent=1))

@@ -10,7 +10,7 @@ from .base import Method, QueryBatch
 METHODS: Registry[Method] = Registry("method")
 
 # modules that register methods; later issues append theirs
-METHOD_MODULES = ["baselines"]
+METHOD_MODULES = ["baselines", "textual_inversion", "combiner"]
 for _m in METHOD_MODULES:
     importlib.import_module(f"{__name__}.{_m}")
 
