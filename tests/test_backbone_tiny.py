@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+import math
 
 import pytest
 import torch
@@ -80,12 +81,14 @@ def test_registry_and_errors(tmp_path):
 def test_training_lowers_loss(small_world, tmp_path):
     from cirlab.train.backbone import BackboneTrainConfig, train_backbone
 
-    cfg = BackboneTrainConfig(data=str(small_world / "train"), out=str(tmp_path / "tb"), max_steps=40, batch_size=32,
-                              width=32, depth=1, text_depth=1, embed_dim=16, image_size=32, lr=3e-3,
+    cfg = BackboneTrainConfig(data=str(small_world / "train"), out=str(tmp_path / "tb"), max_steps=120, batch_size=32,
+                              width=32, depth=1, text_depth=1, embed_dim=16, image_size=32, lr=1e-3,
                               warmup_steps=5, eval_data=str(small_world / "val"))
     summary = train_backbone(cfg, progress=False)
     losses = [e["loss"] for e in summary["log"]]
-    assert losses[-1] < losses[0] - 0.3, losses
+    # chance level of the symmetric InfoNCE over a batch of 32 is ln(32) = 3.47
+    assert losses[-1] < losses[0] - 0.5, losses
+    assert losses[-1] < math.log(32) - 1.0, losses
     model = create_backbone(f"tiny:{tmp_path / 'tb'}")
     assert model.embed_dim == 16
     assert summary["eval"]["i2t_recall@5"] >= 0
