@@ -1,6 +1,6 @@
 # Two commands do all set-up on a fresh machine:
 #   make demo   -> creates .venv, installs cirlab, runs the demo on the built-in world
-#   make test   -> installs the dev extras, runs the test suite
+#   make test   -> installs the dev extras, runs the test suite (test-core, then test-openclip)
 PYTHON ?= python3
 VENV   ?= .venv
 PY      = $(VENV)/bin/python
@@ -8,7 +8,7 @@ PIP     = $(PY) -m pip
 DEMO_OUT ?= demo-out
 EXTRAS ?= dev
 
-.PHONY: demo test install install-dev clean test-openclip
+.PHONY: demo test test-core install install-dev clean test-openclip
 
 $(VENV)/.installed: pyproject.toml requirements/cpu.txt
 	$(PYTHON) -m venv $(VENV)
@@ -26,7 +26,10 @@ install-dev: $(VENV)/.installed-dev
 demo: $(VENV)/.installed
 	$(VENV)/bin/cirlab demo --out $(DEMO_OUT)
 
-test: $(VENV)/.installed-dev
+# the whole suite: the main environment, then open_clip's own (see below)
+test: test-core test-openclip
+
+test-core: $(VENV)/.installed-dev
 	$(PY) -m pytest -q $(PYTEST_ARGS)
 
 # open_clip needs torchvision: its tests run in their own environment (torch 2.14.1 + torchvision 0.29.1).

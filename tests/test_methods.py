@@ -34,3 +34,16 @@ def test_method_registry_errors(tiny_backbone):
         create_method("weighted:abc", tiny_backbone)
     with pytest.raises(ValueError, match=r"in \[0, 1\]"):
         create_method("weighted:2", tiny_backbone)
+
+
+def test_evaluate_methods_rejects_bad_spec_before_indexing(small_world, tiny_backbone, tmp_path):
+    """A typo in a method spec must fail at once, not after the gallery has been encoded."""
+    from cirlab.data import load_dataset
+    from cirlab.eval.evaluate import evaluate_methods
+
+    ds = load_dataset(small_world / "test")
+    with pytest.raises(KeyError, match="unknown method 'nope'"):
+        evaluate_methods(ds, tiny_backbone, ["image", "nope"], tmp_path / "idx", progress=False)
+    assert not (tmp_path / "idx").exists()
+    res = evaluate_methods(ds, tiny_backbone, ["image", "text"], tmp_path / "idx", progress=False)
+    assert [r.method for r in res] == ["image", "text"]

@@ -66,8 +66,11 @@ def evaluate_methods(dataset: CIRDataset, backbone: Any, methods: list[str], ind
                      ) -> list[EvalResult]:
     """Index ``dataset``'s gallery with ``backbone`` (reused when cached) and evaluate each method."""
     from ..index import build_index
+    from ..methods import create_method
 
+    # methods first: a bad spec or checkpoint fails before the (long) gallery encoding
+    created = [create_method(m, backbone) for m in methods]
     index = build_index(backbone, dataset.gallery, index_dir, index_spec, progress=progress)
-    base = Retriever(backbone, index, methods[0], dict(zip(dataset.gallery.ids, map(str, dataset.gallery.paths))))
+    base = Retriever(backbone, index, created[0], dict(zip(dataset.gallery.ids, map(str, dataset.gallery.paths))))
     return [evaluate(base.with_method(m), dataset, exclude_reference=exclude_reference, progress=progress)
-            for m in methods]
+            for m in created]
