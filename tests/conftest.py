@@ -10,7 +10,9 @@ import torch
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
-torch.set_num_threads(max(1, min(2, os.cpu_count() or 1)))
+# The test models are tiny: one intra-op thread is faster than two, and on a busy 2-core machine two
+# spinning OpenMP threads made them ~30x slower (measured by several test modules that set it alone).
+torch.set_num_threads(1)
 
 
 @pytest.fixture(scope="session")

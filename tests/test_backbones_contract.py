@@ -17,14 +17,6 @@ from PIL import Image
 from cirlab.backbones import Backbone, create_backbone, list_backbones
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
 def _tiny(tmp: Path, tiny_config) -> Backbone:
     return create_backbone("tiny:random", config=tiny_config)
 

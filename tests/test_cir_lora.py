@@ -8,14 +8,6 @@ from torch import nn
 from cirlab.synth.cir_lora import CIRLoRAConfig, MoELoRALinear, adapter_parameters, set_condition
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
-
 def test_router_weights_sum_to_one_and_zero_init_lora_is_the_identity():
     torch.manual_seed(0)
     base = nn.Linear(12, 7)

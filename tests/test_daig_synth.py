@@ -18,14 +18,6 @@ from cirlab.synth import (REAL, UNADAPTED, LLMConfig, LLMError, LLMScripter, Tem
 from cirlab.world import Style, caption, random_scene, render
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
-
 def test_parse_description_inverts_world_captions_and_rejects_free_text():
     rng = random.Random(0)
     for _ in range(200):

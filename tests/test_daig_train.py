@@ -14,15 +14,6 @@ from cirlab.train.losses import contrastive_logits, contrastive_loss, margin_cos
 from cirlab.train.supervised import StageConfig, SupervisedConfig, train_stage, train_supervised
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """Tiny models on a shared CPU: one intra-op thread beats two fighting over it."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
-
 def test_fra_logits_are_cos_theta_plus_phi_on_the_diagonal_only():
     g = torch.Generator().manual_seed(0)
     q, t = F.normalize(torch.randn(5, 7, generator=g), dim=-1), F.normalize(torch.randn(5, 7, generator=g), dim=-1)

@@ -15,14 +15,6 @@ from cirlab.backbones.encoding import FeatureCache, encode_images, pick_device, 
 from cirlab.data import load_dataset
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
 @pytest.fixture()
 def gallery(small_world, tmp_path):
     """A private copy of 40 gallery images (tests modify files)."""

@@ -26,15 +26,6 @@ from cirlab.index import load_index  # noqa: E402
 FAMILIES = ["clip", "siglip"]
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """Tiny models gain nothing from intra-op threads, and on a busy 2-core box OpenMP spinning costs ~50x."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
 @pytest.fixture(scope="module")
 def captions(small_world) -> list[str]:
     return [t.caption for t in load_dataset(small_world / "test").triplets]

@@ -17,14 +17,6 @@ pytest.importorskip("pymilvus")
 D = 32
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """One torch thread: on a shared, loaded 2-core machine two spinning OpenMP threads make the tiny
-    encoder ~30x slower (measured); restored afterwards."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
 # (spec, exact?) -- ANN specs are run at generous settings and must reach recall >= 0.99
 SPECS = [
     ("exact", True),

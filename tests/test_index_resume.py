@@ -1,7 +1,6 @@
 """Killing `cirlab index` with SIGKILL mid-run and re-running it: every image indexed once, no chunk redone."""
 from __future__ import annotations
 
-import json
 import os
 import signal
 import subprocess
@@ -35,16 +34,6 @@ from cirlab.cli import main
 sys.exit(main(argv))
 '''
 CHUNK = 8
-
-
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """One torch thread: on a shared, loaded 2-core machine two spinning OpenMP threads make the tiny
-    encoder ~30x slower (measured); restored afterwards."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
 
 
 @pytest.fixture(scope="module")

@@ -75,7 +75,6 @@ def test_cli_index_search_eval(openclip_dir, small_world, tmp_path, capsys, monk
     from cirlab.data import load_dataset
     from cirlab.index import load_index
 
-    torch.set_num_threads(1)
     monkeypatch.setenv("CIRLAB_CACHE", str(tmp_path / "cache"))
     spec = f"openclip:{openclip_dir}"
     test = small_world / "test"

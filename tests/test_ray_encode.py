@@ -10,18 +10,9 @@ import pytest
 import torch
 
 from cirlab.index import build_index, load_index
-from cirlab.index.build import CHUNKS, chunk_bounds, chunk_path, read_chunk
+from cirlab.index.build import chunk_bounds, chunk_path, read_chunk
 
 ray = pytest.importorskip("ray")
-
-
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """One torch thread in this process (two spinning OpenMP threads crawl on a loaded 2-core machine)."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
 
 
 @pytest.fixture(scope="session")
@@ -30,7 +21,7 @@ def local_ray():
     from cirlab.netsafe import ray_init_kwargs
 
     if not ray.is_initialized():
-        ray.init(**ray_init_kwargs(num_cpus=2, log_to_driver=False))
+        ray.init(**ray_init_kwargs(num_cpus=2, log_to_driver=False))  # _node_ip_address="127.0.0.1" (netsafe)
     yield ray
     ray.shutdown()
 

@@ -22,15 +22,6 @@ from cirlab.train.textual_inversion import MethodTrainConfig, TrainingData, trai
 from cirlab.world import COLOURS, SHAPES, SIZES
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """These models are tiny: one intra-op thread is faster than two fighting over a busy CPU."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
-
 @pytest.fixture(scope="module")
 def hf_clip_dir(tmp_path_factory, small_world):
     pytest.importorskip("transformers")

@@ -19,7 +19,7 @@ from __future__ import annotations
 import logging
 import os
 from pathlib import Path
-from typing import Any, Callable
+from typing import Callable
 
 import numpy as np
 import torch
@@ -62,7 +62,7 @@ def _ensure_ray(address: str | None) -> bool:
     if ray.is_initialized():
         return False
     kw = ray_init_kwargs(address=address) if address else ray_init_kwargs()
-    ray.init(**kw)
+    ray.init(**kw)  # local Ray: _node_ip_address="127.0.0.1", no dashboard, no usage stats (cirlab.netsafe)
     return True
 
 
