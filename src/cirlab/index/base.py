@@ -15,7 +15,7 @@ import importlib
 import json
 import os
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, Container, Sequence
 
 import numpy as np
 import torch
@@ -103,6 +103,16 @@ class VectorIndex(abc.ABC):
     @property
     @abc.abstractmethod
     def ids(self) -> list[str]: ...
+
+    def _check_add(self, ids: Sequence[str], x: Any, present: Container[str]) -> None:
+        """The checks every backend's ``add`` makes: shape, one id per row, no id twice."""
+        if x.ndim != 2 or x.shape[1] != self.dim:
+            raise IndexMismatchError(f"vectors of shape {tuple(x.shape)} do not fit an index of dim {self.dim}")
+        if len(ids) != len(x):
+            raise ValueError(f"{len(ids)} ids for {len(x)} vectors")
+        dup = [i for i in ids if i in present]
+        if dup or len(set(ids)) != len(ids):
+            raise ValueError(f"id(s) already in the index: {dup[:5] or 'duplicates within the batch'}")
 
     def vectors(self, ids: Sequence[str]) -> torch.Tensor:
         raise NotImplementedError(f"{type(self).__name__} does not return stored vectors")

@@ -101,13 +101,7 @@ class MilvusIndex(VectorIndex):
 
     def add(self, ids: Sequence[str], vectors: Any) -> None:
         x = as_tensor(vectors).numpy()
-        if x.ndim != 2 or x.shape[1] != self.dim:
-            raise IndexMismatchError(f"vectors of shape {tuple(x.shape)} do not fit an index of dim {self.dim}")
-        if len(ids) != len(x):
-            raise ValueError(f"{len(ids)} ids for {len(x)} vectors")
-        dup = [i for i in ids if i in self._ids]
-        if dup or len(set(ids)) != len(ids):
-            raise ValueError(f"id(s) already in the index: {dup[:5] or 'duplicates within the batch'}")
+        self._check_add(ids, x, self._ids)
         long = [i for i in ids if len(i.encode()) > MAX_ID_LENGTH]
         if long:
             raise ValueError(f"milvus index: id {long[0][:60]!r}... is longer than {MAX_ID_LENGTH} bytes")
