@@ -47,3 +47,33 @@ def test_evaluate_methods_rejects_bad_spec_before_indexing(small_world, tiny_bac
     assert not (tmp_path / "idx").exists()
     res = evaluate_methods(ds, tiny_backbone, ["image", "text"], tmp_path / "idx", progress=False)
     assert [r.method for r in res] == ["image", "text"]
+
+
+def test_retriever_applies_the_methods_own_rescore_depth(tiny_backbone):
+    """A method that re-scores declares how deep; the retriever (and so eval, CLI, service) uses it by default."""
+    from cirlab.index import create_index
+    from cirlab.methods import Method
+    from cirlab.retrieval import Retriever
+
+    class Reverse(Method):
+        name = "reverse"
+        rescore_depth = 4
+
+        def compose(self, batch):
+            return batch.reference_features
+
+        def rescore(self, batch, queries, candidate_ids, candidate_scores, candidate_features):
+            return -candidate_scores  # the index's order, reversed
+
+    d = tiny_backbone.embed_dim
+    g = torch.Generator().manual_seed(0)
+    x = F.normalize(torch.randn(6, d, generator=g), dim=-1)
+    index = create_index("exact", d)
+    index.add([f"g{i}" for i in range(6)], x)
+    r = Retriever(tiny_backbone, index, Reverse(tiny_backbone))
+    batch = QueryBatch(["t"], x[:1])
+    order = [f"g{i}" for i in torch.argsort(x @ x[0], descending=True).tolist()]
+    _, plain = r.search_batch(batch, k=3, rescore_depth=0)
+    assert plain[0] == order[:3]
+    _, re = r.search_batch(batch, k=3)
+    assert re[0] == order[:4][::-1][:3]

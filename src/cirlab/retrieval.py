@@ -85,8 +85,12 @@ class Retriever:
 
     @torch.no_grad()
     def search_batch(self, batch: QueryBatch, k: int = 10, exclude: Sequence[Sequence[str] | None] | None = None,
-                     rescore_depth: int = 0) -> tuple[np.ndarray, list[list[str]]]:
+                     rescore_depth: int | None = None) -> tuple[np.ndarray, list[list[str]]]:
+        """Top-``k`` ids per query; ``rescore_depth`` candidates go through the method's ``rescore``
+        (``None``: the method's own ``rescore_depth``, 0 for methods that do not re-score)."""
         queries = self.method.compose(batch)
+        if rescore_depth is None:
+            rescore_depth = self.method.rescore_depth
         depth = max(k, rescore_depth)
         scores, ids = self.index.search(queries, depth, exclude)
         if rescore_depth and type(self.method).rescore is not Method.rescore:

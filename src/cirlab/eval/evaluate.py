@@ -30,7 +30,7 @@ class EvalResult:
 
 
 def evaluate(retriever: Retriever, dataset: CIRDataset, *, exclude_reference: bool = True, batch_size: int = 256,
-             depth: int = RANK_DEPTH, rescore_depth: int = 0, progress: bool = True) -> EvalResult:
+             depth: int = RANK_DEPTH, rescore_depth: int | None = None, progress: bool = True) -> EvalResult:
     """Rank the gallery for every triplet with ground truth and compute metrics per edit kind.
 
     ``exclude_reference`` removes each query's reference image from its ranking before

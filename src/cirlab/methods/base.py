@@ -41,6 +41,8 @@ class Method(nn.Module):
     name: str = ""
     #: whether ``compose`` needs ``reference_images`` (pixels) rather than only features
     needs_pixels: bool = False
+    #: how many index candidates ``rescore`` re-ranks by default (0: the method does not re-score)
+    rescore_depth: int = 0
 
     def __init__(self, backbone: Backbone) -> None:
         super().__init__()
