@@ -92,3 +92,12 @@ def test_clear_errors(tmp_path, capsys):
     assert "no index here" in capsys.readouterr().err
     assert main(["world", "generate", "--out", str(tmp_path), "--splits", "bogus"]) == 2
     assert "unknown split" in capsys.readouterr().err
+
+
+def test_method_lists_keep_spec_options_together():
+    from cirlab.cli.common import split_methods
+
+    assert split_methods("image, sum,,weighted:0.2") == ["image", "sum", "weighted:0.2"]
+    assert split_methods("image,fusion-diff:/ck,mix=0.5,steps=1,searle-oti:50") == [
+        "image", "fusion-diff:/ck,mix=0.5,steps=1", "searle-oti:50"]
+    assert split_methods("ip-cir:/a=b/cfg.json,text") == ["ip-cir:/a=b/cfg.json", "text"]

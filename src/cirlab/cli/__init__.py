@@ -9,7 +9,8 @@ import sys
 from ..errors import CirlabError
 
 # modules under cirlab.cli that add sub-commands, in help order
-COMMAND_MODULES = ["demo", "world", "train", "index", "search", "evaluate", "info", "serve", "bench", "experiment", "experiment_daig"]
+COMMAND_MODULES = ["demo", "world", "train", "index", "search", "evaluate", "info", "serve", "bench", "experiment",
+                   "experiment_daig", "experiment_generative", "plot"]
 
 
 def build_parser() -> argparse.ArgumentParser:

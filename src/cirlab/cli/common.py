@@ -20,6 +20,23 @@ def default_index_dir(gallery: Gallery, backbone_spec: str) -> Path:
     return cache_root() / "indexes" / f"{slug}-{h.hexdigest()[:12]}"
 
 
+def split_methods(text: str) -> list[str]:
+    """``"image,sum,fusion-diff:ck,mix=0.5"`` -> ``["image", "sum", "fusion-diff:ck,mix=0.5"]``.
+
+    Commas separate method specs, except before ``key=value`` options, which belong to the spec
+    before them (method names never contain ``=``).
+    """
+    specs: list[str] = []
+    for part in (p.strip() for p in text.split(",")):
+        if not part:
+            continue
+        if specs and "=" in part and ":" not in part.split("=", 1)[0]:
+            specs[-1] += "," + part
+        else:
+            specs.append(part)
+    return specs
+
+
 def open_gallery(source: Path) -> Gallery:
     if not source.exists():
         raise CirlabError(f"{source}: no such gallery (give a dataset directory, a gallery.jsonl or an image folder)")

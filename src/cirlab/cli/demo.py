@@ -10,7 +10,7 @@ import argparse
 import time
 from pathlib import Path
 
-from .common import format_table
+from .common import format_table, split_methods
 from .evaluate import TABLE_COLUMNS, write_json
 
 # weighted:0.2 = the text weight that maximised R@10 on the world's val split (see README)
@@ -44,7 +44,7 @@ def run(args: argparse.Namespace) -> int:
     split = generate_world(world, cfg, splits=("test",))["test"]
     dataset = load_dataset(split)
     backbone = create_backbone(args.backbone)
-    methods = [m.strip() for m in args.methods.split(",") if m.strip()]
+    methods = split_methods(args.methods)
     results = evaluate_methods(dataset, backbone, methods, out / "index")
     print(f"\nworld test split: {len(dataset.gallery)} gallery images, {len(dataset)} queries; "
           f"backbone {args.backbone}; reference removed from rankings; metrics in %\n")

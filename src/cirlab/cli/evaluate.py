@@ -7,7 +7,7 @@ import os
 from pathlib import Path
 
 from ..errors import CirlabError
-from .common import default_index_dir, format_table, open_dataset
+from .common import default_index_dir, format_table, open_dataset, split_methods
 
 TABLE_COLUMNS = ["method", "recall@1", "recall@5", "recall@10", "recall@50", "map@10"]
 
@@ -48,7 +48,7 @@ def run(args: argparse.Namespace) -> int:
 
     dataset = open_dataset(args.data)
     backbone = create_backbone(args.backbone)
-    methods = [m.strip() for m in args.methods.split(",") if m.strip()]
+    methods = split_methods(args.methods)
     index_dir = args.index_dir or default_index_dir(dataset.gallery, backbone.spec)
     results = evaluate_methods(dataset, backbone, methods, index_dir, exclude_reference=not args.keep_reference)
     payload = {"dataset": str(args.data), "results": [r.to_json() for r in results]}

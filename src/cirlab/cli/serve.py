@@ -5,6 +5,8 @@ import argparse
 import socket
 from pathlib import Path
 
+from .common import split_methods
+
 
 def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("serve", help="serve an index over HTTP: JSON API (POST /search) and a search page")
@@ -50,7 +52,7 @@ def run(args: argparse.Namespace) -> int:
     from ..methods import METHODS
     from ..registry import split_spec
 
-    methods = [m.strip() for m in args.methods.split(",") if m.strip()] if args.methods else None
+    methods = split_methods(args.methods) if args.methods else None
     unknown = [m for m in [args.method, *(methods or [])] if split_spec(m)[0] not in METHODS]
     if unknown:
         raise CirlabError(f"unknown method(s) {', '.join(map(repr, unknown))}; known: {', '.join(METHODS.names())}")

@@ -2,8 +2,18 @@
 from __future__ import annotations
 
 import argparse
+import importlib
 import json
 from pathlib import Path
+
+# modules under cirlab.cli that add `cirlab train <what>` commands, and the function that adds them
+TRAIN_MODULES = [
+    ("train_method", "register_method_training"),  # pic2word, searle, lincir
+    ("train_supervised", "register_supervised_training"),  # combiner (DAIG stages)
+    ("train_fusion_diff", "register_fusion_diff_training"),  # fusion-diff-prior, fusion-diff
+    ("train_predicir", "register_predicir_training"),  # predicir
+    ("train_cig", "register_cig_training"),  # cig (pixel-generator fine-tuning)
+]
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -25,13 +35,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     b.add_argument("--seed", type=int, default=0)
     b.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's choice)")
     b.set_defaults(func=run_backbone)
-    from .train_method import register_method_training  # zero-shot methods (issue 7)
-
-    register_method_training(tsub)
-    from .train_supervised import register_supervised_training  # Combiner, DAIG (issue 6)
-
-    register_supervised_training(tsub)
-
+    for module, function in TRAIN_MODULES:
+        getattr(importlib.import_module(f"{__package__}.{module}"), function)(tsub)
 
 def run_backbone(args: argparse.Namespace) -> int:
     from ..train.backbone import BackboneTrainConfig, train_backbone

@@ -27,6 +27,7 @@ th:first-child,td:first-child{text-align:left}
 .q img.ok{border-color:#1a9c3c}
 .q .ref img{border-color:#555}
 .txt{width:220px;font-size:13px}
+.fig img{max-width:100%}
 """
 
 
@@ -42,6 +43,11 @@ def _data_uri(path: Path, cache: dict[str, str]) -> str:
     return cache[key]
 
 
+def _png_uri(path: Path) -> str:
+    """A PNG file inlined as is (no thumbnail)."""
+    return "data:image/png;base64," + base64.b64encode(path.read_bytes()).decode()
+
+
 def _table(rows: Sequence[tuple[str, dict]], first: str) -> str:
     head = "".join(f"<th>{html.escape(c)}</th>" for c in [first, *COLUMNS, "queries"])
     body = []
@@ -52,8 +58,12 @@ def _table(rows: Sequence[tuple[str, dict]], first: str) -> str:
 
 
 def write_report(path: str | Path, dataset: CIRDataset, results: Sequence[EvalResult], examples: int = 6,
-                 seed: int = 0, title: str = "cirlab report") -> Path:
-    """Write ``path`` (HTML, images inlined) with one section per method."""
+                 seed: int = 0, title: str = "cirlab report",
+                 figures: Sequence[tuple[str, str | Path]] | None = None) -> Path:
+    """Write ``path`` (HTML, images inlined) with one section per method.
+
+    ``figures``: optional (caption, PNG path) pairs shown full size after the summary table.
+    """
     path = Path(path)
     cache: dict[str, str] = {}
     trips = [t for t in dataset.triplets if t.targets]
@@ -64,6 +74,11 @@ def write_report(path: str | Path, dataset: CIRDataset, results: Sequence[EvalRe
              f"{len(trips)} queries. Reference removed from rankings. Metrics in percent.</p>",
              "<h2>Summary</h2>",
              _table([(f"{r.method}", {**r.metrics, "queries": len(r.rankings)}) for r in results], "method")]
+    if figures:
+        parts.append("<h2>Figures</h2>")
+        for caption, png in figures:
+            parts.append(f"<figure class='fig'><img src='{_png_uri(Path(png))}' alt='{html.escape(caption)}'>"
+                         f"<figcaption>{html.escape(caption)}</figcaption></figure>")
     for r in results:
         parts.append(f"<h2>{html.escape(r.method)} <small>({html.escape(r.backbone)})</small></h2>")
         parts.append(_table(sorted(r.per_kind.items()), "edit kind"))

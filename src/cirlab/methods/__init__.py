@@ -10,7 +10,7 @@ from .base import Method, QueryBatch
 METHODS: Registry[Method] = Registry("method")
 
 # modules that register methods; later issues append theirs
-METHOD_MODULES = ["baselines", "textual_inversion", "combiner"]
+METHOD_MODULES = ["baselines", "textual_inversion", "combiner", "predicir", "fusion_diff", "proxies", "cig", "ip_cir"]
 for _m in METHOD_MODULES:
     importlib.import_module(f"{__name__}.{_m}")
 

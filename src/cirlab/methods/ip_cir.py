@@ -1,0 +1,154 @@
+"""IP-CIR ("Imagine and Seek", CVPR 2025; training-free): search with an imagined proxy of the target.
+
+1. Captions: the reference is described by a captioner and the description rewritten by an LLM with the
+   modification text: ``c_ref``, ``c_tgt`` (``cirlab.methods.proxies``; the world uses analogs).
+2. Text side: ``t = T(c_tgt)`` (``text_side="caption"``, the paper's LLM-rewrite retrieval), or any
+   method spec (e.g. ``searle:DIR``) whose query is used instead.
+3. The imagined proxy: a proxy generator (pixels through the backbone, or an embedding generator) gives
+   ``f_p``; the **robust proxy feature** is
+   ``p = normalize(a * f_p + b * f_ref + c * (T(c_tgt) - T(c_ref)))`` (proxy, query image, semantic
+   perturbation; ``a, b, c`` = ``proxy_weight, reference_weight, perturbation_weight``).
+4. **Balanced similarity** of a gallery image ``g``: ``s = (1 - lam) * <t, g> + lam * <t, g> * <p, g>``.
+
+``compose`` returns ``t`` (the first stage); ``rescore`` applies the balanced similarity to the candidates
+(``rescore_depth`` of them; the retriever passes their stored features). ``balanced_scores`` scores any
+set of gallery features directly.
+
+Spec ``ip-cir:CONFIG`` (a JSON file or a directory holding ``ip-cir.json``, fields of ``IPCIRConfig``).
+"""
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+
+from ..backbones.base import Backbone
+from ..errors import CirlabError
+from . import METHODS
+from .base import Method, QueryBatch
+from .cig import _load_config, _save_config
+from .generators import ProxyGenerator, create_proxy_generator, proxy_embeddings
+
+PROXY_KEY = "ip_cir_proxy"
+
+
+@dataclass
+class IPCIRConfig:
+    generator: str                      # proxy generator spec ("world-render:DIR", "diffusers:DIR", "fusion-diff:DIR")
+    captioner: str                      # captioner spec ("world:DIR" analog, "hf:MODEL")
+    rewriter: str = "world"             # rewriter spec ("world" analog, "llm:URL")
+    text_side: str = "caption"          # "caption" (T(target description)) or a method spec
+    proxy_weight: float = 1.0           # a
+    reference_weight: float = 0.5       # b
+    perturbation_weight: float = 1.0    # c
+    lam: float = 0.5                    # weight of the balanced (product) term
+    rescore_depth: int = 200            # candidates of the text side that the balanced similarity re-ranks
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        if not 0.0 <= self.lam <= 1.0:
+            raise CirlabError(f"ip-cir: lam={self.lam}: must be in [0, 1]")
+        if self.rescore_depth < 1:
+            raise CirlabError(f"ip-cir: rescore_depth={self.rescore_depth}: must be >= 1")
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @staticmethod
+    def load(path: str | Path) -> IPCIRConfig:
+        return _load_config(path, "ip-cir.json", IPCIRConfig)
+
+    def save(self, path: str | Path) -> Path:
+        return _save_config(path, "ip-cir.json", self.to_dict())
+
+
+def balanced_similarity(text_scores: torch.Tensor, proxy_scores: torch.Tensor, lam: float) -> torch.Tensor:
+    """``(1 - lam) * s_t + lam * s_t * s_p``, elementwise."""
+    return (1 - lam) * text_scores + lam * text_scores * proxy_scores
+
+
+class IPCIR(Method):
+    name = "ip-cir"
+
+    def __init__(self, backbone: Backbone, cfg: IPCIRConfig, generator: ProxyGenerator | None = None,
+                 captioner: Any = None, rewriter: Any = None) -> None:
+        super().__init__(backbone)
+        from . import create_method
+        from .proxies import create_captioner, create_rewriter
+
+        self.cfg = cfg
+        self.generator = generator or create_proxy_generator(cfg.generator, backbone)
+        self.captioner = captioner or create_captioner(cfg.captioner, backbone)
+        self.rewriter = rewriter or create_rewriter(cfg.rewriter)
+        self.text_method = None if cfg.text_side == "caption" else create_method(cfg.text_side, backbone)
+        self.rescore_depth = cfg.rescore_depth
+        self.needs_pixels = bool(self.generator.needs_pixels or self.captioner.needs_pixels
+                                 or (self.text_method is not None and self.text_method.needs_pixels))
+
+    def captions(self, batch: QueryBatch) -> tuple[list[str], list[str]]:
+        from .proxies import imagine_captions
+
+        return imagine_captions(batch, self.captioner, self.rewriter)
+
+    @torch.no_grad()
+    def text_query(self, batch: QueryBatch) -> torch.Tensor:
+        if self.text_method is not None:
+            return F.normalize(self.text_method.compose(batch).float().cpu(), dim=-1)
+        return self.encode_texts(self.captions(batch)[1])
+
+    @torch.no_grad()
+    def robust_proxy(self, batch: QueryBatch) -> torch.Tensor:
+        """``normalize(a * f_p + b * f_ref + c * (T(c_tgt) - T(c_ref)))``."""
+        c = self.cfg
+        ref_caps, tgt_caps = self.captions(batch)
+        f_p = proxy_embeddings(self.generator, batch, self.backbone, c.seed).cpu()
+        f_ref = F.normalize(batch.reference_features.float().cpu(), dim=-1)
+        pert = self.encode_texts(tgt_caps) - self.encode_texts(ref_caps)
+        return F.normalize(c.proxy_weight * f_p + c.reference_weight * f_ref + c.perturbation_weight * pert, dim=-1)
+
+    def compose(self, batch: QueryBatch) -> torch.Tensor:
+        t = self.text_query(batch)
+        batch.extra[PROXY_KEY] = self.robust_proxy(batch)
+        return t
+
+    def balanced_scores(self, batch: QueryBatch, queries: torch.Tensor, features: torch.Tensor) -> torch.Tensor:
+        """Balanced similarity of every query to gallery ``features`` ((M, D) shared or (N, M, D) per query)."""
+        proxy = batch.extra.get(PROXY_KEY)
+        if proxy is None:
+            proxy = batch.extra[PROXY_KEY] = self.robust_proxy(batch)
+        feats = features.float()
+        if feats.dim() == 2:
+            s_t, s_p = queries.float() @ feats.T, proxy @ feats.T
+        else:
+            s_t = torch.einsum("nd,nmd->nm", queries.float(), feats)
+            s_p = torch.einsum("nd,nmd->nm", proxy, feats)
+        return balanced_similarity(s_t, s_p, self.cfg.lam)
+
+    def rescore(self, batch: QueryBatch, queries: torch.Tensor, candidate_ids: list[list[str]],
+                candidate_scores: torch.Tensor, candidate_features: torch.Tensor | None) -> torch.Tensor:
+        if candidate_features is None:
+            raise CirlabError("ip-cir: the index cannot return stored features; the balanced similarity needs them "
+                              "(use the exact index)")
+        return self.balanced_scores(batch, queries, candidate_features)
+
+    def config(self) -> dict[str, Any]:
+        out = {"name": self.name, **self.cfg.to_dict(), "generator_config": self.generator.config(),
+               "captioner_config": self.captioner.config(), "rewriter_config": self.rewriter.config()}
+        if self.text_method is not None:
+            out["text_side_config"] = self.text_method.config()
+        return out
+
+
+@METHODS.register("ip-cir", help="IP-CIR (training-free): imagined proxy + robust proxy feature + balanced "
+                                 "similarity (rescore); ip-cir:CONFIG.json")
+def _ip_cir(arg: str, backbone: Backbone) -> Method:
+    if not arg:
+        raise CirlabError("ip-cir: give a config, e.g. ip-cir:runs/ip-cir/ip-cir.json ({\"generator\": "
+                          "\"world-render:DIR\", \"captioner\": \"world:DIR\", \"lam\": 0.5})")
+    return IPCIR(backbone, IPCIRConfig.load(arg))
+
+
+__all__ = ["IPCIR", "IPCIRConfig", "balanced_similarity"]

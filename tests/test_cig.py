@@ -1,0 +1,272 @@
+"""CIG: pseudo-target -> inversion -> second composition -> weighted fusion; the diffusers pixel generator."""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+
+from cirlab.data import load_dataset
+from cirlab.errors import CirlabError
+from cirlab.methods import QueryBatch, create_method
+from cirlab.methods.cig import CIG, CIGConfig
+from cirlab.methods.generators import create_proxy_generator
+from cirlab.methods.proxies import NearestCaptionCaptioner, WorldRuleRewriter
+from cirlab.methods.textual_inversion import Checkpoint, Phi, PhiConfig, get_templates
+from cirlab.synth.world import parse_description
+
+
+@pytest.fixture()
+def searle_dir(tiny_backbone, tmp_path) -> Path:
+    torch.manual_seed(0)
+    phi = Phi(PhiConfig(tiny_backbone.embed_dim, tiny_backbone.token_dim, 32, 2, "gelu", 0.0)).eval()
+    ck = Checkpoint("searle", phi, get_templates("world"), tiny_backbone.spec, tiny_backbone.fingerprint())
+    ck.save(tmp_path / "searle")
+    return tmp_path / "searle"
+
+
+def _batch(ds, n, backbone):
+    trips = [t for t in ds.triplets if t.targets][:n]
+    g = ds.gallery
+    paths = [g.paths[g.ids.index(t.reference)] for t in trips]
+    return trips, QueryBatch([t.caption for t in trips], backbone.encode_images(paths), paths,
+                             [t.reference for t in trips])
+
+
+def _second(backbone, searle, texts, feats):
+    tok = backbone.tokenize([searle.prompts.query_prompt(t, backbone.placeholder) for t in texts])
+    with torch.no_grad():
+        return F.normalize(backbone.forward_texts_pseudo(tok, searle.phi(feats)), dim=-1)
+
+
+def test_cig_fuses_the_pseudo_target_composition_with_a_weight(small_world, tiny_backbone, searle_dir, tmp_path):
+    ds = load_dataset(small_world / "test")
+    w = 0.3
+    path = CIGConfig(inversion=f"searle:{searle_dir}", generator=f"world-render:{small_world / 'train'}",
+                     weight=w, seed=2).save(tmp_path / "cig")
+    m = create_method(f"cig:{path}", tiny_backbone)
+    trips, batch = _batch(ds, 6, tiny_backbone)
+    got = m.compose(batch)
+
+    searle = create_method(f"searle:{searle_dir}", tiny_backbone)
+    q1 = F.normalize(searle.compose(QueryBatch(batch.texts, batch.reference_features)), dim=-1)
+    # the pseudo target, independently: nearest train caption -> rule rewrite -> render -> encode
+    refs = NearestCaptionCaptioner(tiny_backbone, small_world / "train").caption(batch)
+    tgts = [WorldRuleRewriter().rewrite_one(r, t.caption) for r, t in zip(refs, trips)]
+    m.generator.renderer.seed = 2
+    imgs = [m.generator.renderer.render(parse_description(d), f"{n}:{d}") for n, d in enumerate(tgts)]
+    q2 = _second(tiny_backbone, searle, batch.texts, tiny_backbone.encode_images(imgs))
+    assert torch.allclose(got, F.normalize((1 - w) * q1 + w * q2, dim=-1), atol=1e-5)
+    assert torch.allclose(got.norm(dim=-1), torch.ones(len(got)), atol=1e-5)
+    assert not torch.allclose(q1, q2, atol=1e-3)
+
+    # weight 0 is the inversion method alone; weight 1 the pseudo target's composition alone
+    m0 = CIG(tiny_backbone, CIGConfig(inversion=f"searle:{searle_dir}", generator=m.cfg.generator, weight=0.0,
+                                      seed=2))
+    assert torch.allclose(m0.compose(QueryBatch(batch.texts, batch.reference_features)), q1, atol=1e-5)
+    m1 = CIG(tiny_backbone, CIGConfig(inversion=f"searle:{searle_dir}", generator=m.cfg.generator, weight=1.0,
+                                      seed=2))
+    assert torch.allclose(m1.compose(QueryBatch(batch.texts, batch.reference_features)), q2, atol=1e-5)
+    assert m.config()["generator_config"]["analog"] is True
+
+
+class _TargetEmbeddings:
+    """An embedding generator that returns given target features (tests the embedding path of CIG)."""
+
+    kind = "embedding"
+    needs_pixels = False
+
+    def __init__(self, feats):
+        self.feats = feats
+
+    def generate(self, batch, seed=0):
+        return self.feats * 3.0            # not normalised: CIG must normalise through proxy_embeddings
+
+    def config(self):
+        return {"name": "given"}
+
+
+def test_cig_with_an_embedding_generator_and_the_image_template(small_world, tiny_backbone, searle_dir):
+    ds = load_dataset(small_world / "test")
+    trips, batch = _batch(ds, 4, tiny_backbone)
+    g = ds.gallery
+    target = tiny_backbone.encode_images([g.paths[g.ids.index(t.targets[0])] for t in trips])
+    cfg = CIGConfig(inversion=f"searle:{searle_dir}", generator="unused", weight=0.5, second="image")
+    m = CIG(tiny_backbone, cfg, generator=_TargetEmbeddings(target))
+    q1, q2 = m.compose_parts(batch)
+    searle = m.inversion
+    tok = tiny_backbone.tokenize(["a picture of $"] * len(trips))
+    with torch.no_grad():
+        want2 = F.normalize(tiny_backbone.forward_texts_pseudo(tok, searle.phi(target)), dim=-1)
+    assert torch.allclose(q2, want2, atol=1e-5)
+    assert torch.allclose(m.compose(batch), F.normalize(q1 + q2, dim=-1), atol=1e-5)
+
+
+def test_cig_errors(tiny_backbone, searle_dir, tmp_path):
+    with pytest.raises(CirlabError, match="weight"):
+        CIGConfig(inversion="x", generator="y", weight=2.0)
+    with pytest.raises(CirlabError, match="second"):
+        CIGConfig(inversion="x", generator="y", second="both")
+    bad = CIGConfig(inversion="sum", generator="world-render:/nonexistent").save(tmp_path / "bad")
+    with pytest.raises(CirlabError, match="pseudo-word"):
+        create_method(f"cig:{bad}", tiny_backbone)
+    with pytest.raises(CirlabError, match="no such config"):
+        create_method(f"cig:{tmp_path / 'missing'}", tiny_backbone)
+    with pytest.raises(CirlabError, match="no such pipeline"):
+        create_proxy_generator(f"diffusers:{tmp_path / 'nope'}", tiny_backbone)
+
+
+def tiny_sd_pipeline(out: Path) -> Path:
+    """A miniature random Stable Diffusion pipeline with a character-level CLIP tokenizer, saved to ``out``."""
+    from diffusers import (
+        AutoencoderKL,
+        DDIMScheduler,
+        StableDiffusionPipeline,
+        UNet2DConditionModel,
+    )
+    from transformers import CLIPTextConfig, CLIPTextModel, CLIPTokenizer
+
+    out.mkdir(parents=True, exist_ok=True)
+    vocab = {"<|startoftext|>": 0, "<|endoftext|>": 1}
+    for ch in [chr(c) for c in range(97, 123)] + list(",.'0123456789"):
+        for t in (ch, ch + "</w>"):
+            vocab.setdefault(t, len(vocab))
+    (out / "vocab.json").write_text(json.dumps(vocab))
+    (out / "merges.txt").write_text("#version: 0.2\n")
+    tok = CLIPTokenizer(str(out / "vocab.json"), str(out / "merges.txt"), model_max_length=32)
+    torch.manual_seed(0)
+    unet = UNet2DConditionModel(sample_size=8, in_channels=4, out_channels=4, block_out_channels=(16, 32),
+                                layers_per_block=1, down_block_types=("CrossAttnDownBlock2D", "DownBlock2D"),
+                                up_block_types=("UpBlock2D", "CrossAttnUpBlock2D"), cross_attention_dim=16,
+                                attention_head_dim=4, norm_num_groups=8)
+    vae = AutoencoderKL(in_channels=3, out_channels=3, down_block_types=("DownEncoderBlock2D",) * 2,
+                        up_block_types=("UpDecoderBlock2D",) * 2, block_out_channels=(8, 16), latent_channels=4,
+                        norm_num_groups=8, sample_size=16)
+    te = CLIPTextModel(CLIPTextConfig(vocab_size=len(vocab), hidden_size=16, intermediate_size=32, num_hidden_layers=1,
+                                      num_attention_heads=2, max_position_embeddings=32, bos_token_id=0,
+                                      eos_token_id=1, pad_token_id=1))
+    pipe = StableDiffusionPipeline(vae=vae, text_encoder=te, tokenizer=tok, unet=unet,
+                                   scheduler=DDIMScheduler(num_train_timesteps=100, beta_schedule="linear",
+                                                           clip_sample=False, steps_offset=1),
+                                   safety_checker=None, feature_extractor=None, requires_safety_checker=False)
+    pipe.save_pretrained(out / "pipeline")
+    return out / "pipeline"
+
+
+def test_diffusers_generator_on_a_tiny_pipeline_and_cig_with_it(small_world, tiny_backbone, searle_dir, tmp_path):
+    pipe_dir = tiny_sd_pipeline(tmp_path / "sd")
+    gen = create_proxy_generator(f"diffusers:{pipe_dir},steps=2,guidance=1.0,size=16", tiny_backbone)
+    assert gen.kind == "pixels"
+    batch = QueryBatch(["make the red circle blue", "remove the star"], torch.zeros(2, tiny_backbone.embed_dim))
+    a, b = gen.generate(batch, seed=3), gen.generate(batch, seed=3)
+    c = gen.generate(batch, seed=4)
+    assert [im.size for im in a] == [(16, 16), (16, 16)]
+    arr = lambda ims: torch.stack([torch.from_numpy(np.asarray(im).copy()) for im in ims])
+    assert torch.equal(arr(a), arr(b)) and not torch.equal(arr(a), arr(c))
+    # the prompt is the target description when a method made one, else the modification text
+    assert gen.prompts(batch) == batch.texts
+    batch.extra["target_captions"] = ["a blue circle", "a square"]
+    assert gen.prompts(batch) == ["a blue circle", "a square"]
+
+    ds = load_dataset(small_world / "test")
+    _, qb = _batch(ds, 2, tiny_backbone)
+    cfg = CIGConfig(inversion=f"searle:{searle_dir}", generator=f"diffusers:{pipe_dir},steps=2,guidance=1.0,size=16",
+                    weight=0.5, seed=3)
+    m = CIG(tiny_backbone, cfg)
+    _, q2 = m.compose_parts(qb)
+    imgs = gen.generate(QueryBatch(qb.texts, qb.reference_features), seed=3)
+    want2 = _second(tiny_backbone, m.inversion, qb.texts, tiny_backbone.encode_images(imgs))
+    assert torch.allclose(q2, want2, atol=1e-5)
+
+
+def test_zero_shot_trainer_trains_searle_and_writes_a_working_spec(small_world, tiny_backbone, tmp_path):
+    import cirlab.train.cig  # noqa: F401  (registers the trainer)
+    from cirlab.eval.evaluate import evaluate_methods
+    from cirlab.train.zeroshot import ZEROSHOT_TRAINERS, ZeroShotContext
+
+    ctx = ZeroShotContext(tiny_backbone, small_world, tmp_path / "cig", quick=True, progress=False)
+    spec = ZEROSHOT_TRAINERS.get("cig")(ctx)
+    cfg = json.loads(Path(spec.split(":", 1)[1]).read_text())
+    assert cfg["inversion"] == f"searle:{tmp_path / 'cig' / 'searle'}"
+    assert cfg["generator"].startswith("world-render:")
+    # a SEARLE trained earlier in the run is reused, not retrained
+    ctx2 = ZeroShotContext(tiny_backbone, small_world, tmp_path / "cig2", quick=True, progress=False,
+                           trained={"searle": cfg["inversion"]})
+    spec2 = ZEROSHOT_TRAINERS.get("cig")(ctx2)
+    assert json.loads(Path(spec2.split(":", 1)[1]).read_text())["inversion"] == cfg["inversion"]
+    assert not (tmp_path / "cig2" / "searle").exists()
+    with pytest.raises(CirlabError, match="fusion-diff"):
+        ZEROSHOT_TRAINERS.get("cig")(ZeroShotContext(tiny_backbone, small_world, tmp_path / "cig3", quick=True,
+                                                     progress=False, options={"cig": {"generator": "fusion-diff"}}))
+    [res] = evaluate_methods(load_dataset(small_world / "test"), tiny_backbone, [spec], tmp_path / "index",
+                             progress=False)
+    assert 0.0 <= res.metrics["recall@1"] <= res.metrics["recall@10"] <= 100.0
+
+
+def test_composed_training_prompt_rebuilds_the_image_description(small_world):
+    import random
+
+    from cirlab.methods.proxies.pixels import composed_prompt
+    from cirlab.train.cig import composed_training_prompt
+
+    ds = load_dataset(small_world / "train")
+    rng = random.Random(0)
+    checked = 0
+    for cap, meta in zip(ds.gallery.captions, ds.gallery.meta):
+        prompt = composed_training_prompt(cap, meta, rng)
+        if len(meta["objects"]) < 2:
+            assert prompt == cap
+            continue
+        ref, mod = prompt.split(" that ")
+        assert prompt == composed_prompt(ref, mod) and mod.startswith("add a ")
+        # the reference part lacks one object and the modification puts exactly that object back
+        assert len(parse_description(ref).objects) == len(meta["objects"]) - 1
+        assert parse_description(WorldRuleRewriter().rewrite_one(ref, mod)) == parse_description(cap)
+        checked += 1
+    assert checked > 20
+    assert composed_training_prompt("a cat", {}, rng) == "a cat"
+
+
+def test_cig_generator_fine_tuning_changes_only_the_unet(small_world, tiny_backbone, tmp_path):
+    from diffusers import DiffusionPipeline
+    from safetensors.torch import load_file
+
+    from cirlab.cli import main
+    from cirlab.train.cig import CIGGeneratorConfig, train_cig_generator
+
+    pipe_dir = tiny_sd_pipeline(tmp_path / "sd")
+    out = tmp_path / "cig-gen"
+    summary = train_cig_generator(pipe_dir, small_world / "train", out,
+                                  CIGGeneratorConfig(steps=3, batch_size=4, max_images=16, log_every=1), progress=False)
+    assert [e["step"] for e in summary["log"]] == [1, 2, 3] and all(e["loss"] > 0 for e in summary["log"])
+    assert summary["size"] == 16 and (out / "cig-generator.json").is_file()
+    for part, changed in (("unet", True), ("vae", False), ("text_encoder", False)):
+        [before] = list((pipe_dir / part).glob("*.safetensors"))
+        [after] = list((out / part).glob("*.safetensors"))
+        a, b = load_file(str(before)), load_file(str(after))
+        assert a.keys() == b.keys()
+        assert any(not torch.equal(a[k], b[k]) for k in a) == changed, part
+    assert not list(out.rglob("*.bin")) and not list(out.rglob("*.pkl"))
+    gen = create_proxy_generator(f"diffusers:{out},steps=2,guidance=1.0", tiny_backbone)
+    assert isinstance(gen.pipeline, DiffusionPipeline)
+    assert gen.generate(QueryBatch(["add a red circle"], torch.zeros(1, 4)), seed=0)[0].size == (16, 16)
+    # the command line: same training, via `cirlab train cig`
+    assert main(["train", "cig", "--pipeline", str(pipe_dir), "--data", str(small_world / "train"), "--out",
+                 str(tmp_path / "cli"), "--steps", "1", "--batch-size", "2", "--max-images", "4"]) == 0
+    assert (tmp_path / "cli" / "model_index.json").is_file()
+
+
+def test_cig_with_a_captioner_prompts_the_generator_with_composed_prompts(small_world, tiny_backbone, searle_dir,
+                                                                           tmp_path):
+    pipe_dir = tiny_sd_pipeline(tmp_path / "sd")
+    cfg = CIGConfig(inversion=f"searle:{searle_dir}", generator=f"diffusers:{pipe_dir},steps=1,guidance=1.0",
+                    captioner=f"world:{small_world / 'train'}")
+    m = CIG(tiny_backbone, cfg)
+    ds = load_dataset(small_world / "test")
+    _, batch = _batch(ds, 3, tiny_backbone)
+    m.compose(batch)
+    refs = NearestCaptionCaptioner(tiny_backbone, small_world / "train").caption(batch)
+    assert m.generator.prompts(batch) == [f"{r} that {t}" for r, t in zip(refs, batch.texts)]
