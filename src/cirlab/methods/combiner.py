@@ -13,7 +13,6 @@ use it as the method ``combiner:DIR``.
 """
 from __future__ import annotations
 
-import json
 import math
 import os
 from dataclasses import asdict, dataclass, field
@@ -22,10 +21,10 @@ from typing import Any
 
 import torch
 import torch.nn.functional as F
-from safetensors.torch import load_file, save_file
 from torch import nn
 
 from ..backbones.base import Backbone
+from ..checkpoint import check_fingerprint, config_section, load_weights, read_checkpoint, save_checkpoint
 from ..errors import CirlabError
 from . import METHODS
 from .base import Method, QueryBatch
@@ -89,51 +88,23 @@ class CombinerCheckpoint:
     training: dict[str, Any] = field(default_factory=dict)
 
     def save(self, directory: str | os.PathLike[str]) -> Path:
-        d = Path(directory)
-        d.mkdir(parents=True, exist_ok=True)
-        state = {k: v.detach().float().cpu().contiguous() for k, v in self.model.state_dict().items()}
-        save_file(state, str(d / "model.safetensors.tmp"), metadata={"format": "pt", "kind": KIND})
-        os.replace(d / "model.safetensors.tmp", d / "model.safetensors")
-        cfg = {"method": KIND, "combiner": asdict(self.model.cfg), "backbone": self.backbone,
-               "fingerprint": self.fingerprint, "training": self.training}
-        (d / "config.json.tmp").write_text(json.dumps(cfg, indent=1))
-        os.replace(d / "config.json.tmp", d / "config.json")
-        return d
+        return save_checkpoint(directory, KIND, {"combiner": asdict(self.model.cfg), "backbone": self.backbone,
+                                                 "fingerprint": self.fingerprint, "training": self.training},
+                               self.model.state_dict())
 
 
 def load_combiner(directory: str | os.PathLike[str] | None, backbone: Backbone | None = None) -> CombinerCheckpoint:
     """Read a checkpoint written by ``cirlab train combiner``; check it fits ``backbone``."""
-    if not directory:
-        raise CirlabError("method 'combiner' needs a trained checkpoint: combiner:/path/to/dir "
-                          "(train one with `cirlab train combiner --real DIR --out DIR`)")
-    d = Path(directory).expanduser()
-    cfg_p, w_p = d / "config.json", d / "model.safetensors"
-    for p in (cfg_p, w_p):
-        if not p.is_file():
-            raise CirlabError(f"combiner: {p} not found (a checkpoint directory holds config.json + "
-                              f"model.safetensors; train one with `cirlab train combiner --real DIR --out {d}`)")
-    try:
-        cfg = json.loads(cfg_p.read_text())
-    except json.JSONDecodeError as e:
-        raise CirlabError(f"{cfg_p}: not valid JSON ({e})") from None
-    if cfg.get("method") != KIND:
-        raise CirlabError(f"{cfg_p}: holds a {cfg.get('method')!r} checkpoint, not a combiner")
-    try:
-        ccfg = CombinerConfig(**cfg["combiner"])
-    except (KeyError, TypeError) as e:
-        raise CirlabError(f"{cfg_p}: field 'combiner' is missing or malformed ({e})") from None
+    d, cfg, state = read_checkpoint(directory, KIND, "cirlab train combiner --real DIR --out {out}")
+    ccfg = config_section(cfg, "combiner", lambda c: CombinerConfig(**c), d)
     model = Combiner(ccfg)
-    missing, unexpected = model.load_state_dict(load_file(str(w_p)), strict=False)
-    if missing or unexpected:
-        raise CirlabError(f"{w_p}: weights do not match {cfg_p} (missing {missing[:3]}, unexpected {unexpected[:3]})")
+    load_weights(model, state, d)
     ck = CombinerCheckpoint(model.eval(), cfg.get("backbone", ""), cfg.get("fingerprint", ""), cfg.get("training", {}))
     if backbone is not None:
         if ccfg.dim != backbone.embed_dim:
             raise CirlabError(f"{d}: combiner dim {ccfg.dim} != embed_dim {backbone.embed_dim} of backbone "
                               f"{backbone.spec!r} (trained on {ck.backbone!r})")
-        if ck.fingerprint and ck.fingerprint != backbone.fingerprint():
-            raise CirlabError(f"{d}: trained on features of {ck.backbone!r} with other weights than backbone "
-                              f"{backbone.spec!r}; retrain it for this backbone")
+        check_fingerprint(d, ck.backbone, ck.fingerprint, backbone)
     return ck
 
 

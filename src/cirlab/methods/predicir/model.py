@@ -16,7 +16,6 @@ A checkpoint directory holds ``model.safetensors`` (both parts) and ``config.jso
 """
 from __future__ import annotations
 
-import json
 import os
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -24,10 +23,10 @@ from typing import Any
 
 import torch
 import torch.nn.functional as F
-from safetensors.torch import load_file, save_file
 from torch import nn
 
 from ...backbones.base import Backbone
+from ...checkpoint import check_fingerprint, config_section, load_weights, read_checkpoint, save_checkpoint
 from ...errors import CirlabError
 from ..textual_inversion.prompts import PromptTemplates
 
@@ -156,53 +155,25 @@ class PrediCIRCheckpoint:
     training: dict[str, Any] = field(default_factory=dict)
 
     def save(self, directory: str | os.PathLike[str]) -> Path:
-        d = Path(directory)
-        d.mkdir(parents=True, exist_ok=True)
-        state = {k: v.detach().float().cpu().contiguous() for k, v in self.model.state_dict().items()}
-        save_file(state, str(d / "model.safetensors.tmp"), metadata={"format": "pt", "kind": METHOD})
-        os.replace(d / "model.safetensors.tmp", d / "model.safetensors")
-        cfg = {"method": METHOD, "model": self.model.cfg.to_dict(), "patch": self.patch,
-               "prompts": self.prompts.to_dict(), "backbone": self.backbone, "fingerprint": self.fingerprint,
-               "training": self.training}
-        (d / "config.json.tmp").write_text(json.dumps(cfg, indent=1))
-        os.replace(d / "config.json.tmp", d / "config.json")
-        return d
+        return save_checkpoint(directory, METHOD, {"model": self.model.cfg.to_dict(), "patch": self.patch,
+                                                   "prompts": self.prompts.to_dict(), "backbone": self.backbone,
+                                                   "fingerprint": self.fingerprint, "training": self.training},
+                               self.model.state_dict())
 
 
 def load_predicir(directory: str | os.PathLike[str] | None, backbone: Backbone | None = None
                   ) -> PrediCIRCheckpoint:
-    if not directory:
-        raise CirlabError("method 'predicir' needs a trained checkpoint: predicir:/path/to/dir "
-                          "(train one with `cirlab train predicir --data DIR --out DIR`)")
-    d = Path(directory).expanduser()
-    cfg_p, w_p = d / "config.json", d / "model.safetensors"
-    for p in (cfg_p, w_p):
-        if not p.is_file():
-            raise CirlabError(f"predicir: {p} not found (a checkpoint directory holds config.json + "
-                              f"model.safetensors; train one with `cirlab train predicir --data DIR --out {d}`)")
-    try:
-        cfg = json.loads(cfg_p.read_text())
-    except json.JSONDecodeError as e:
-        raise CirlabError(f"{cfg_p}: not valid JSON ({e})") from None
-    if cfg.get("method") != METHOD:
-        raise CirlabError(f"{cfg_p}: holds a {cfg.get('method')!r} checkpoint, not 'predicir'")
-    try:
-        mcfg = PrediCIRConfig.from_dict(cfg["model"])
-    except (KeyError, TypeError) as e:
-        raise CirlabError(f"{cfg_p}: field 'model' is missing or malformed ({e})") from None
+    d, cfg, state = read_checkpoint(directory, METHOD, "cirlab train predicir --data DIR --out {out}")
+    mcfg = config_section(cfg, "model", PrediCIRConfig.from_dict, d)
     model = PrediCIRModel(mcfg)
-    missing, unexpected = model.load_state_dict(load_file(str(w_p)), strict=False)
-    if missing or unexpected:
-        raise CirlabError(f"{w_p}: weights do not match {cfg_p} (missing {missing[:3]}, unexpected {unexpected[:3]})")
+    load_weights(model, state, d)
     ck = PrediCIRCheckpoint(model.eval(), PromptTemplates.from_dict(cfg.get("prompts", {})), cfg.get("backbone", ""),
                             cfg.get("fingerprint", ""), int(cfg.get("patch", 8)), cfg.get("training", {}))
     if backbone is not None:
         if (mcfg.embed_dim, mcfg.token_dim) != (backbone.embed_dim, backbone.token_dim):
             raise CirlabError(f"{d}: model built for embed_dim {mcfg.embed_dim}, token_dim {mcfg.token_dim}; "
                               f"backbone {backbone.spec!r} has {backbone.embed_dim}, {backbone.token_dim}")
-        if ck.fingerprint and ck.fingerprint != backbone.fingerprint():
-            raise CirlabError(f"{d}: trained on {ck.backbone!r} with other weights than backbone {backbone.spec!r} "
-                              f"(fingerprint {ck.fingerprint} != {backbone.fingerprint()}); retrain it")
+        check_fingerprint(d, ck.backbone, ck.fingerprint, backbone)
     return ck
 
 

@@ -7,17 +7,17 @@ settings. ``load_checkpoint`` checks all of it against the backbone in use.
 """
 from __future__ import annotations
 
-import json
 import os
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
 import torch
-from safetensors.torch import load_file, save_file
+from safetensors.torch import save_file
 from torch import nn
 
 from ...backbones.base import Backbone
+from ...checkpoint import check_fingerprint, config_section, load_weights, read_checkpoint, save_checkpoint
 from ...errors import CirlabError
 from .prompts import PromptTemplates
 
@@ -70,48 +70,21 @@ class Checkpoint:
     tensors: dict[str, torch.Tensor] = field(default_factory=dict)
 
     def save(self, directory: str | os.PathLike[str]) -> Path:
-        d = Path(directory)
-        d.mkdir(parents=True, exist_ok=True)
-        state = {k: v.detach().float().cpu().contiguous() for k, v in self.phi.state_dict().items()}
-        save_file(state, str(d / "model.safetensors.tmp"), metadata={"format": "pt", "kind": self.method})
-        os.replace(d / "model.safetensors.tmp", d / "model.safetensors")
+        d = save_checkpoint(directory, self.method, {"phi": asdict(self.phi.cfg), "prompts": self.prompts.to_dict(),
+                                                     "backbone": self.backbone, "fingerprint": self.fingerprint,
+                                                     "training": self.training}, self.phi.state_dict())
         if self.tensors:
             save_file({k: v.detach().float().cpu().contiguous() for k, v in self.tensors.items()},
                       str(d / "extra.safetensors"))
-        cfg = {"method": self.method, "phi": asdict(self.phi.cfg), "prompts": self.prompts.to_dict(),
-               "backbone": self.backbone, "fingerprint": self.fingerprint, "training": self.training}
-        (d / "config.json.tmp").write_text(json.dumps(cfg, indent=1))
-        os.replace(d / "config.json.tmp", d / "config.json")
         return d
 
 
 def load_checkpoint(directory: str | os.PathLike[str] | None, method: str, backbone: Backbone | None = None
                     ) -> Checkpoint:
     """Read a checkpoint directory written by ``cirlab train method``; check it fits ``method`` and ``backbone``."""
-    if not directory:
-        raise CirlabError(f"method {method!r} needs a trained checkpoint: {method}:/path/to/dir "
-                          f"(train one with `cirlab train method {method} --data DIR --out DIR`)")
-    d = Path(directory).expanduser()
-    cfg_p, w_p = d / "config.json", d / "model.safetensors"
-    for p in (cfg_p, w_p):
-        if not p.is_file():
-            raise CirlabError(f"{method}: {p} not found (a checkpoint directory holds config.json + model.safetensors; "
-                              f"train one with `cirlab train method {method} --data DIR --out {d}`)")
-    try:
-        cfg = json.loads(cfg_p.read_text())
-    except json.JSONDecodeError as e:
-        raise CirlabError(f"{cfg_p}: not valid JSON ({e})") from None
-    if cfg.get("method") != method:
-        raise CirlabError(f"{cfg_p}: holds a {cfg.get('method')!r} checkpoint, not {method!r} "
-                          f"(use {cfg.get('method')}:{d})")
-    try:
-        phi_cfg = PhiConfig(**cfg["phi"])
-    except (KeyError, TypeError) as e:
-        raise CirlabError(f"{cfg_p}: field 'phi' is missing or malformed ({e})") from None
-    phi = Phi(phi_cfg)
-    missing, unexpected = phi.load_state_dict(load_file(str(w_p)), strict=False)
-    if missing or unexpected:
-        raise CirlabError(f"{w_p}: weights do not match {cfg_p} (missing {missing[:3]}, unexpected {unexpected[:3]})")
+    d, cfg, state = read_checkpoint(directory, method, f"cirlab train method {method} --data DIR --out {{out}}")
+    phi = Phi(config_section(cfg, "phi", lambda c: PhiConfig(**c), d))
+    load_weights(phi, state, d)
     ck = Checkpoint(method, phi.eval(), PromptTemplates.from_dict(cfg.get("prompts", {})), cfg.get("backbone", ""),
                     cfg.get("fingerprint", ""), cfg.get("training", {}))
     if backbone is not None:
@@ -125,6 +98,4 @@ def check_backbone(ck: Checkpoint, backbone: Backbone, where: Path) -> None:
         raise CirlabError(f"{where}: phi maps {c.in_dim} -> {c.out_dim} but backbone {backbone.spec!r} has "
                           f"embed_dim {backbone.embed_dim}, token_dim {backbone.token_dim} "
                           f"(trained on {ck.backbone!r})")
-    if ck.fingerprint and ck.fingerprint != backbone.fingerprint():
-        raise CirlabError(f"{where}: trained on {ck.backbone!r} with other weights than backbone {backbone.spec!r} "
-                          f"(fingerprint {ck.fingerprint} != {backbone.fingerprint()}); retrain it for this backbone")
+    check_fingerprint(where, ck.backbone, ck.fingerprint, backbone)
