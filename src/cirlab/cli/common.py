@@ -37,6 +37,14 @@ def split_methods(text: str) -> list[str]:
     return specs
 
 
+def write_text_atomic(path: Path, text: str) -> None:
+    """Write ``text`` to ``path`` via a temporary file and a rename: readers never see half a file."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(text)
+    tmp.replace(path)
+
+
 def open_gallery(source: Path) -> Gallery:
     if not source.exists():
         raise CirlabError(f"{source}: no such gallery (give a dataset directory, a gallery.jsonl or an image folder)")

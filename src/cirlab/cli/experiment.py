@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any, Sequence
 
 from ..errors import CirlabError
+from .common import write_text_atomic
 
 BASELINES = ("image", "text", "sum")
 TRAINED = ("pic2word", "searle", "lincir")
@@ -94,11 +95,11 @@ def run_zeroshot(args: argparse.Namespace) -> int:
                "train_split": str(world / "train"), "test_split": str(world / "test"),
                "training": training, "results": [r.to_json() for r in results]}
     md = markdown(payload)
-    write(args.out / "results.json", json.dumps(payload, indent=1))
-    write(args.out / "results.md", md)
+    write_text_atomic(args.out / "results.json", json.dumps(payload, indent=1))
+    write_text_atomic(args.out / "results.md", md)
     if args.report:
-        write(args.report.with_suffix(".json"), json.dumps(payload, indent=1))
-        write(args.report.with_suffix(".md"), md)
+        write_text_atomic(args.report.with_suffix(".json"), json.dumps(payload, indent=1))
+        write_text_atomic(args.report.with_suffix(".md"), md)
     print(md)
     return 0
 
@@ -128,9 +129,3 @@ def markdown(payload: dict[str, Any]) -> str:
     out += ["", "Queries per kind: " + ", ".join(f"{k} {queries[k].get('queries', '')}" for k in kinds), ""]
     return "\n".join(out)
 
-
-def write(path: Path, text: str) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(text)
-    tmp.replace(path)

@@ -34,7 +34,7 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import CirlabError
-from .common import split_methods
+from .common import split_methods, write_text_atomic
 
 UNTRAINED = ("image", "text", "sum", "searle-oti:50")
 FIRST = ("pic2word", "searle", "lincir")
@@ -278,7 +278,8 @@ def run_generative(args: argparse.Namespace) -> int:
                 continue
             seconds = record["seconds"] if record else round(time.time() - t0, 1)
             if not record:
-                write(out / SPEC_FILE, json.dumps({"trainer": name, "spec": spec, "seconds": seconds, **budget}))
+                write_text_atomic(out / SPEC_FILE, json.dumps({"trainer": name, "spec": spec, "seconds": seconds,
+                                                           **budget}))
             trained[name] = spec
             training[f"{name}/seed-{seed}"] = {"spec": spec, "seconds": seconds, "reused": bool(record)}
             runs.append((name, spec, seed))
@@ -301,7 +302,7 @@ def run_generative(args: argparse.Namespace) -> int:
             continue
         tag = f"seed-{seed}" if seed is not None else "untrained"
         rpath = rank_dir / tag / f"{name.replace(':', '_').replace('/', '_')}.json"
-        write(rpath, json.dumps(res.rankings))
+        write_text_atomic(rpath, json.dumps(res.rankings))
         entry = results.setdefault(name, {"trained": seed is not None, "specs": {}, "per_seed": {}})
         key = str(seed if seed is not None else "-")
         entry["specs"][key] = spec
@@ -319,11 +320,11 @@ def run_generative(args: argparse.Namespace) -> int:
                "training": training, "results": results, "failures": failures,
                "seconds": round(time.time() - t_start, 1)}
     md = markdown(payload)
-    write(args.out / "results.json", json.dumps(payload, indent=1))
-    write(args.out / "results.md", md)
+    write_text_atomic(args.out / "results.json", json.dumps(payload, indent=1))
+    write_text_atomic(args.out / "results.md", md)
     if args.report:
-        write(args.report.with_suffix(".json"), json.dumps(payload, indent=1))
-        write(args.report.with_suffix(".md"), md)
+        write_text_atomic(args.report.with_suffix(".json"), json.dumps(payload, indent=1))
+        write_text_atomic(args.report.with_suffix(".md"), md)
     print(md)
     if failures:
         print(f"cirlab experiment generative: {len(failures)} failure(s); see 'failures' in {args.out / 'results.json'}",
@@ -369,9 +370,3 @@ def markdown(payload: dict[str, Any]) -> str:
         out.append("")
     return "\n".join(out)
 
-
-def write(path: Path, text: str) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(text)
-    tmp.replace(path)
