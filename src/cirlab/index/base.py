@@ -15,7 +15,7 @@ import importlib
 import json
 import os
 from pathlib import Path
-from typing import Any, Container, Sequence
+from typing import Any, Container, Iterable, Sequence
 
 import numpy as np
 import torch
@@ -77,6 +77,32 @@ def as_tensor(x: Any) -> torch.Tensor:
     return x.float()
 
 
+def max_excluded(exclude: Sequence[Sequence[str] | None] | None) -> int:
+    """The most ids any one query excludes (a backend fetches that many extra candidates)."""
+    return max((len(e) for e in exclude if e), default=0) if exclude else 0
+
+
+def first_k(candidates: Sequence[Iterable[tuple[float, str | None]]], k: int,
+            exclude: Sequence[Sequence[str] | None] | None) -> tuple[np.ndarray, list[list[str]]]:
+    """Per query, the first ``k`` ``(score, id)`` candidates whose id is neither ``None`` (a backend's
+    empty slot) nor in ``exclude[q]``; scores (Q, k) float32, padded with -inf."""
+    out_s = np.full((len(candidates), k), -np.inf, dtype=np.float32)
+    out_ids: list[list[str]] = []
+    for r, row_candidates in enumerate(candidates):
+        skip = set(exclude[r]) if exclude and exclude[r] else set()
+        row: list[str] = []
+        if k > 0:
+            for score, image_id in row_candidates:
+                if image_id is None or image_id in skip:
+                    continue
+                out_s[r, len(row)] = score
+                row.append(image_id)
+                if len(row) == k:
+                    break
+        out_ids.append(row)
+    return out_s, out_ids
+
+
 class VectorIndex(abc.ABC):
     """Cosine (inner-product on normalised vectors) top-k search over ids."""
 
@@ -103,6 +129,15 @@ class VectorIndex(abc.ABC):
     @property
     @abc.abstractmethod
     def ids(self) -> list[str]: ...
+
+    def _queries(self, queries: Any) -> torch.Tensor:
+        """``queries`` as a (Q, dim) float tensor; a single vector becomes one row."""
+        q = as_tensor(queries)
+        if q.ndim == 1:
+            q = q.unsqueeze(0)
+        if q.shape[1] != self.dim:
+            raise IndexMismatchError(f"queries have dim {q.shape[1]}, the index has dim {self.dim}")
+        return q
 
     def _check_add(self, ids: Sequence[str], x: Any, present: Container[str]) -> None:
         """The checks every backend's ``add`` makes: shape, one id per row, no id twice."""

@@ -23,7 +23,8 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from ..errors import IndexMismatchError
-from .base import INDEXES, VectorIndex, as_tensor, parse_options, split_index_spec, write_manifest
+from .base import (INDEXES, VectorIndex, as_tensor, first_k, max_excluded, parse_options, split_index_spec,
+                   write_manifest)
 
 FEATURES = "features.safetensors"
 _ST_DTYPES = {"F32": (np.float32, torch.float32), "F16": (np.float16, torch.float16)}
@@ -141,13 +142,9 @@ class ExactIndex(VectorIndex):
     @torch.no_grad()
     def search(self, queries: Any, k: int, exclude: Sequence[Sequence[str] | None] | None = None
                ) -> tuple[np.ndarray, list[list[str]]]:
-        q = as_tensor(queries)
-        if q.ndim == 1:
-            q = q.unsqueeze(0)
-        if q.shape[1] != self.dim:
-            raise IndexMismatchError(f"queries have dim {q.shape[1]}, the index has dim {self.dim}")
+        q = self._queries(queries)
         n = len(self._ids)
-        extra = max((len(e) for e in exclude if e), default=0) if exclude else 0
+        extra = max_excluded(exclude)
         kk = min(n, k + extra)
         out_s = np.full((len(q), k), -np.inf, dtype=np.float32)
         if kk == 0 or len(q) == 0:
@@ -157,20 +154,7 @@ class ExactIndex(VectorIndex):
         order = np.lexsort((best_i.numpy(), -best_s.numpy()), axis=1)
         scores = np.take_along_axis(best_s.numpy(), order, 1)
         idx = np.take_along_axis(best_i.numpy(), order, 1)
-        out_ids: list[list[str]] = []
-        for r in range(len(q)):
-            skip = set(exclude[r]) if exclude and exclude[r] else set()
-            row = []
-            for c in range(idx.shape[1]):
-                image_id = self._ids[idx[r, c]]
-                if image_id in skip:
-                    continue
-                out_s[r, len(row)] = scores[r, c]
-                row.append(image_id)
-                if len(row) == k:
-                    break
-            out_ids.append(row)
-        return out_s, out_ids
+        return first_k([zip(s_row, (self._ids[i] for i in i_row)) for s_row, i_row in zip(scores, idx)], k, exclude)
 
     def save(self, directory: str | os.PathLike[str], manifest: dict[str, Any] | None = None) -> Path:
         d = Path(directory)

@@ -38,7 +38,8 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from ..errors import IndexMismatchError
-from .base import INDEXES, VectorIndex, as_tensor, parse_options, split_index_spec, write_manifest
+from .base import (INDEXES, VectorIndex, as_tensor, first_k, max_excluded, parse_options, split_index_spec,
+                   write_manifest)
 
 INDEX_FILE = "faiss.index"
 LABELS_FILE = "faiss-labels.safetensors"
@@ -169,31 +170,15 @@ class FaissIndex(VectorIndex):
     # -- search ------------------------------------------------------------------------------
     def search(self, queries: Any, k: int, exclude: Sequence[Sequence[str] | None] | None = None
                ) -> tuple[np.ndarray, list[list[str]]]:
-        q = as_tensor(queries)
-        if q.ndim == 1:
-            q = q.unsqueeze(0)
-        if q.shape[1] != self.dim:
-            raise IndexMismatchError(f"queries have dim {q.shape[1]}, the index has dim {self.dim}")
-        extra = max((len(e) for e in exclude if e), default=0) if exclude else 0
+        q = self._queries(queries)
+        extra = max_excluded(exclude)
         kk = min(self._index.ntotal, k + extra + len(self._tombstones))
         out_s = np.full((len(q), k), -np.inf, dtype=np.float32)
         if kk == 0 or len(q) == 0:
             return out_s, [[] for _ in range(len(q))]
         scores, labels = self._index.search(np.ascontiguousarray(q.numpy(), dtype=np.float32), kk)
-        out_ids: list[list[str]] = []
-        for r in range(len(q)):
-            skip = set(exclude[r]) if exclude and exclude[r] else set()
-            row: list[str] = []
-            for s, lab in zip(scores[r].tolist(), labels[r].tolist()):
-                image_id = self._id_of.get(lab) if lab >= 0 else None
-                if image_id is None or image_id in skip:
-                    continue
-                out_s[r, len(row)] = s
-                row.append(image_id)
-                if len(row) == k:
-                    break
-            out_ids.append(row)
-        return out_s, out_ids
+        return first_k([zip(s_row, (self._id_of.get(lab) if lab >= 0 else None for lab in l_row))
+                        for s_row, l_row in zip(scores.tolist(), labels.tolist())], k, exclude)
 
     # -- persistence -------------------------------------------------------------------------
     def save(self, directory: str | os.PathLike[str], manifest: dict[str, Any] | None = None) -> Path:

@@ -33,7 +33,7 @@ import torch
 from pymilvus import DataType, MilvusClient
 
 from ..errors import IndexMismatchError
-from .base import INDEXES, VectorIndex, as_tensor, parse_options, write_manifest
+from .base import INDEXES, VectorIndex, as_tensor, first_k, max_excluded, parse_options, write_manifest
 
 BUILD_PARAMS = {"nlist", "M", "efConstruction", "m", "nbits"}
 SEARCH_PARAMS = {"nprobe", "ef"}
@@ -132,36 +132,21 @@ class MilvusIndex(VectorIndex):
 
     def search(self, queries: Any, k: int, exclude: Sequence[Sequence[str] | None] | None = None
                ) -> tuple[np.ndarray, list[list[str]]]:
-        q = as_tensor(queries)
-        if q.ndim == 1:
-            q = q.unsqueeze(0)
-        if q.shape[1] != self.dim:
-            raise IndexMismatchError(f"queries have dim {q.shape[1]}, the index has dim {self.dim}")
-        extra = max((len(e) for e in exclude if e), default=0) if exclude else 0
+        q = self._queries(queries)
+        extra = max_excluded(exclude)
         kk = min(len(self._ids), k + extra)
         if kk > MAX_TOPK:
             raise ValueError(f"milvus index: top-{kk} exceeds Milvus's limit of {MAX_TOPK} results per query")
         out_s = np.full((len(q), k), -np.inf, dtype=np.float32)
-        out_ids: list[list[str]] = []
         if kk == 0 or len(q) == 0:
             return out_s, [[] for _ in range(len(q))]
         sp = {"metric_type": "IP", "params": {k_: v for k_, v in self.params.items() if k_ in SEARCH_PARAMS}}
         x = q.numpy().astype(np.float32)
+        hits: list[list[dict[str, Any]]] = []
         for start in range(0, len(x), 1024):
-            res = self.client.search(self.collection, data=x[start:start + 1024].tolist(), limit=kk,
-                                     anns_field=VEC_FIELD, search_params=sp, output_fields=[ID_FIELD])
-            for r, hits in enumerate(res, start):
-                skip = set(exclude[r]) if exclude and exclude[r] else set()
-                row: list[str] = []
-                for h in hits:
-                    if h["id"] in skip:
-                        continue
-                    out_s[r, len(row)] = h["distance"]
-                    row.append(h["id"])
-                    if len(row) == k:
-                        break
-                out_ids.append(row)
-        return out_s, out_ids
+            hits += self.client.search(self.collection, data=x[start:start + 1024].tolist(), limit=kk,
+                                       anns_field=VEC_FIELD, search_params=sp, output_fields=[ID_FIELD])
+        return first_k([[(h["distance"], h["id"]) for h in row] for row in hits], k, exclude)
 
     def close(self) -> None:
         self.client.close()
