@@ -41,13 +41,14 @@ class Retriever:
     def from_index(cls, directory: str | os.PathLike[str], method: str = "sum", backbone: str | Backbone | None = None,
                    ) -> "Retriever":
         from .index import read_manifest
+        from .index.build import manifest_paths
 
         manifest = read_manifest(directory)
         bb = backbone if isinstance(backbone, Backbone) else create_backbone(backbone or manifest["backbone"])
         index, manifest = load_index(directory, bb.spec, bb.embed_dim)
         if manifest.get("fingerprint") and manifest["fingerprint"] != bb.fingerprint():
             raise CirlabError(f"{directory}: index was built with other weights for {bb.spec!r}; re-run `cirlab index`")
-        paths = dict(zip(manifest.get("ids", []), manifest.get("paths", [])))
+        paths = dict(zip(manifest.get("ids", []), manifest_paths(directory, manifest)))
         return cls(bb, index, method, paths)
 
     def with_method(self, method: str | Method) -> "Retriever":

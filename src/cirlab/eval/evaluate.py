@@ -70,7 +70,7 @@ def evaluate_methods(dataset: CIRDataset, backbone: Any, methods: list[str], ind
 
     # methods first: a bad spec or checkpoint fails before the (long) gallery encoding
     created = [create_method(m, backbone) for m in methods]
-    index = build_index(backbone, dataset.gallery, index_dir, index_spec, progress=progress)
+    index = build_index(backbone, dataset.gallery, index_dir, index_spec, progress=progress, repair=True)
     base = Retriever(backbone, index, created[0], dict(zip(dataset.gallery.ids, map(str, dataset.gallery.paths))))
     return [evaluate(base.with_method(m), dataset, exclude_reference=exclude_reference, progress=progress)
             for m in created]

@@ -21,6 +21,7 @@ import numpy as np
 import torch
 
 from ..errors import IndexMismatchError
+from ..fileutil import atomic_write_text, seal
 from ..registry import Registry
 
 MANIFEST = "index.json"
@@ -193,21 +194,29 @@ def read_manifest(directory: str | os.PathLike[str]) -> dict[str, Any]:
     if not p.is_file():
         raise IndexMismatchError(f"{directory}: no index here ({MANIFEST} not found); build one with `cirlab index`")
     try:
-        return json.loads(p.read_text())
-    except json.JSONDecodeError as e:
-        raise IndexMismatchError(f"{p}: corrupt manifest ({e.msg})") from None
+        manifest = json.loads(p.read_text(encoding="utf-8"))
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise IndexMismatchError(f"{p}: corrupt manifest ({getattr(e, 'msg', None) or e.reason})") from None
+    if not isinstance(manifest, dict):
+        raise IndexMismatchError(f"{p}: corrupt manifest (a JSON {type(manifest).__name__}, not an object)")
+    return manifest
 
 
-def write_manifest(directory: str | os.PathLike[str], manifest: dict[str, Any]) -> None:
-    p = Path(directory) / MANIFEST
-    tmp = p.with_name(MANIFEST + ".tmp")
-    tmp.write_text(json.dumps(manifest, indent=1))
-    os.replace(tmp, p)
+def write_manifest(directory: str | os.PathLike[str], manifest: dict[str, Any], files: Sequence[str] = ()) -> None:
+    """Write ``index.json`` atomically, last; ``files`` (names in ``directory``) are sealed into it
+    (size, mtime, SHA-256), so every later load can tell whether they changed."""
+    from .integrity import FILES_KEY
+
+    if files:
+        manifest = {**manifest, FILES_KEY: seal(directory, files)}
+    atomic_write_text(Path(directory) / MANIFEST, json.dumps(manifest, indent=1))
 
 
 def load_index(directory: str | os.PathLike[str], backbone_spec: str | None = None,
                dim: int | None = None) -> tuple[VectorIndex, dict[str, Any]]:
     """Load an index saved by ``VectorIndex.save``; checks it was built for this backbone/dim."""
+    from .integrity import REPAIR_HINT, check_files
+
     manifest = read_manifest(directory)
     if backbone_spec is not None and manifest.get("backbone") not in (None, backbone_spec):
         raise IndexMismatchError(f"{directory}: index was built with backbone {manifest.get('backbone')!r}, "
@@ -215,12 +224,19 @@ def load_index(directory: str | os.PathLike[str], backbone_spec: str | None = No
     if dim is not None and manifest.get("dim") != dim:
         raise IndexMismatchError(f"{directory}: index has dim {manifest.get('dim')}, the backbone gives {dim}")
     check_manifest(directory, manifest)
+    check_files(directory, manifest)
     kind, _ = split_index_spec(manifest.get("index", "exact"))
     ensure_kind(kind)
     loader = getattr(INDEXES.get(kind), "load", None)
     if loader is None:
         raise IndexMismatchError(f"{directory}: index kind {kind!r} cannot be loaded")
-    index = loader(directory, manifest)
+    try:
+        index = loader(directory, manifest)
+    except IndexMismatchError:
+        raise
+    except Exception as e:  # a torn or foreign file that the backend's reader cannot parse
+        raise IndexMismatchError(f"{directory}: the {kind} index cannot be read ({type(e).__name__}: {e}); "
+                                 f"{REPAIR_HINT}") from None
     index.spec = manifest.get("index", kind)
     if "count" in manifest and len(index) != manifest["count"]:
         raise IndexMismatchError(f"{directory}: the {kind} index holds {len(index)} vectors but {MANIFEST} "

@@ -11,7 +11,6 @@ from __future__ import annotations
 import json
 import logging
 import os
-import shutil
 from pathlib import Path
 from typing import Any
 
@@ -22,10 +21,14 @@ from tqdm.auto import tqdm
 from .. import __version__
 from ..backbones.base import Backbone
 from ..data.record import Gallery
+from ..errors import CirlabError, IndexMismatchError
+from ..fileutil import DirLock, atomic_write_text, sha256_file
 from .base import MANIFEST, VectorIndex, create_index, ids_checksum, load_index, read_manifest
+from .integrity import FILES_KEY, check_files, claim_output, remove_owned
 
 log = logging.getLogger(__name__)
 CHUNKS = "chunks"
+PATHS_ROOT = "paths_root"
 
 
 def _chunk_state(backbone: Backbone, gallery: Gallery, chunk_size: int) -> dict[str, Any]:
@@ -34,22 +37,21 @@ def _chunk_state(backbone: Backbone, gallery: Gallery, chunk_size: int) -> dict[
 
 
 def prepare_chunks(backbone: Backbone, gallery: Gallery, work_dir: Path, chunk_size: int) -> Path:
-    """The chunk directory for this (backbone, gallery, chunk size); stale chunks from another one are removed."""
+    """The chunk directory for this (backbone, gallery, chunk size); stale chunks of another build are removed
+    (only the files a build writes: anything else there stops the build with an error)."""
     cdir = Path(work_dir) / CHUNKS
     state = _chunk_state(backbone, gallery, chunk_size)
     state_p = cdir / "state.json"
     if cdir.is_dir():
         try:
             old = json.loads(state_p.read_text())
-        except (OSError, json.JSONDecodeError):
+        except (OSError, ValueError):
             old = None
         if old != state:
-            shutil.rmtree(cdir)
+            remove_owned(cdir)
     cdir.mkdir(parents=True, exist_ok=True)
     if not state_p.is_file():
-        tmp = state_p.with_name("state.json.tmp")
-        tmp.write_text(json.dumps(state))
-        os.replace(tmp, state_p)
+        atomic_write_text(state_p, json.dumps(state))
     return cdir
 
 
@@ -61,11 +63,19 @@ def chunk_bounds(n: int, chunk_size: int) -> list[tuple[int, int]]:
     return [(lo, min(n, lo + chunk_size)) for lo in range(0, n, chunk_size)]
 
 
+def _digest_path(path: Path) -> Path:
+    return path.with_name(path.name.replace(".safetensors", ".sha256"))
+
+
 def read_chunk(path: Path, rows: int) -> torch.Tensor | None:
-    """A finished chunk's features, or None when it is missing, torn or of the wrong length."""
-    if not path.is_file():
+    """A finished chunk's features, or None when it is missing, torn, changed or of the wrong length."""
+    digest = _digest_path(path)
+    if not path.is_file() or not digest.is_file():
         return None
     try:
+        if sha256_file(path) != digest.read_text().strip():
+            log.warning("%s: content changed since it was written; encoding it again", path)
+            return None
         x = load_file(str(path))["features"]
     except Exception:  # a torn file from a crash: encode again
         return None
@@ -73,10 +83,12 @@ def read_chunk(path: Path, rows: int) -> torch.Tensor | None:
 
 
 def write_chunk(path: Path, x: torch.Tensor) -> None:
-    """Write a chunk atomically (write-then-rename): a crash leaves either no chunk or a whole one."""
+    """Write a chunk atomically (write-then-rename), then its SHA-256: a crash leaves either no usable chunk
+    or a whole, checksummed one."""
     tmp = path.with_name(path.name + ".tmp")
     save_file({"features": x.contiguous()}, str(tmp))
     os.replace(tmp, path)
+    atomic_write_text(_digest_path(path), sha256_file(path))
 
 
 def missing_chunks(cdir: Path, n: int, chunk_size: int) -> list[int]:
@@ -104,36 +116,87 @@ def encode_gallery(backbone: Backbone, gallery: Gallery, work_dir: Path, chunk_s
 def build_index(backbone: Backbone, gallery: Gallery, directory: str | os.PathLike[str], index_spec: str = "exact",
                 chunk_size: int = 2048, batch_size: int = 64, progress: bool = True,
                 extra: dict[str, Any] | None = None, ray: str | bool | None = None,
-                ray_options: dict[str, Any] | None = None) -> VectorIndex:
+                ray_options: dict[str, Any] | None = None, repair: bool = False) -> VectorIndex:
     """Build (or reuse) the index of ``gallery`` under ``directory``.
 
     ``ray``: encode the missing chunks with Ray Data first (``True``/``""`` = a local Ray, or a cluster
     address such as ``"auto"`` or ``"ray://head:10001"``; ``ray_options`` go to
     ``cirlab.index.ray_encode.encode_chunks_ray``). An interrupted build resumes from its finished chunks;
     the manifest is written last, so a directory without ``index.json`` holds no (possibly torn) index.
+    Only a new or empty directory, or one holding a cirlab index, is written into (``claim_output``), by
+    one build at a time (``DirLock``). A saved index that fits is reused after its files are verified;
+    a damaged one is an error unless ``repair``, which rebuilds it.
     """
+    if chunk_size < 1:
+        raise CirlabError(f"--chunk-size must be at least 1, got {chunk_size}")
+    if batch_size < 1:
+        raise CirlabError(f"--batch-size must be at least 1, got {batch_size}")
     d = Path(directory)
-    if (d / MANIFEST).is_file():
-        m = read_manifest(d)
-        if (m.get("backbone") == backbone.spec and m.get("fingerprint") == backbone.fingerprint()
-                and m.get("ids_checksum") == ids_checksum(gallery.ids) and m.get("index") == index_spec):
-            index, _ = load_index(d)
-            log.info("reusing index %s (%d images)", d, len(index))
-            return index
-    d.mkdir(parents=True, exist_ok=True)
-    # an index being rebuilt is no index until its new manifest lands
-    (d / MANIFEST).unlink(missing_ok=True)
-    if ray is not None and ray is not False:
-        from .ray_encode import encode_chunks_ray
+    claim_output(d, gallery.paths)
+    with DirLock(d, "indexed") as lock:
+        if lock.took_over:
+            log.warning("%s: taking over the lock of process %d, which is gone (its build was interrupted)",
+                        d, lock.took_over)
+        if (d / MANIFEST).is_file():
+            reused = _reuse(backbone, gallery, d, index_spec, repair)
+            if reused is not None:
+                return reused
+        # an index being rebuilt is no index until its new manifest lands
+        (d / MANIFEST).unlink(missing_ok=True)
+        if ray is not None and ray is not False:
+            from .ray_encode import encode_chunks_ray
 
-        encode_chunks_ray(backbone, gallery, d, chunk_size=chunk_size, batch_size=batch_size,
-                          address=None if ray is True or ray == "" else str(ray), progress=progress,
-                          **(ray_options or {}))
-    feats = encode_gallery(backbone, gallery, d, chunk_size, batch_size, progress)
-    index = create_index(index_spec, dim=backbone.embed_dim)
-    index.add(gallery.ids, feats)
-    manifest = {"backbone": backbone.spec, "fingerprint": backbone.fingerprint(), "ids_checksum": ids_checksum(gallery.ids),
-                "paths": [str(p) for p in gallery.paths], "cirlab": __version__, **(extra or {})}
-    index.save(d, manifest)
-    shutil.rmtree(d / CHUNKS, ignore_errors=True)
+            encode_chunks_ray(backbone, gallery, d, chunk_size=chunk_size, batch_size=batch_size,
+                              address=None if ray is True or ray == "" else str(ray), progress=progress,
+                              **(ray_options or {}))
+        feats = encode_gallery(backbone, gallery, d, chunk_size, batch_size, progress)
+        index = create_index(index_spec, dim=backbone.embed_dim)
+        index.add(gallery.ids, feats)
+        manifest = {"backbone": backbone.spec, "fingerprint": backbone.fingerprint(),
+                    "ids_checksum": ids_checksum(gallery.ids), **relative_paths(d, gallery.paths),
+                    "cirlab": __version__, **(extra or {})}
+        index.save(d, manifest)
+        remove_owned(d / CHUNKS)
+        return index
+
+
+def _reuse(backbone: Backbone, gallery: Gallery, d: Path, index_spec: str, repair: bool) -> VectorIndex | None:
+    """The saved index when it fits this build and is intact; None when it must be (re)built."""
+    try:
+        m = read_manifest(d)
+    except IndexMismatchError:
+        if not repair:
+            raise
+        m = {}
+    if not (m.get("backbone") == backbone.spec and m.get("fingerprint") == backbone.fingerprint()
+            and m.get("ids_checksum") == ids_checksum(gallery.ids) and m.get("index") == index_spec):
+        return None
+    if not m.get(FILES_KEY):
+        log.info("%s: the saved index records no checksums (an older cirlab); building it again", d)
+        return None
+    try:
+        check_files(d, m, full=True)
+        index, _ = load_index(d)
+    except IndexMismatchError as e:
+        if not repair:
+            raise
+        log.warning("%s: rebuilding a damaged index (%s)", d, e)
+        return None
+    log.info("reusing index %s (%d images)", d, len(index))
     return index
+
+
+def relative_paths(directory: Path, paths: list[Path]) -> dict[str, Any]:
+    """The manifest's ``paths``, relative to the index directory (so index and gallery can move together)."""
+    root = Path(directory).resolve()
+    return {PATHS_ROOT: "index", "paths": [os.path.relpath(Path(p).resolve(), root) for p in paths]}
+
+
+def manifest_paths(directory: str | os.PathLike[str], manifest: dict[str, Any]) -> list[str]:
+    """The gallery paths of a manifest as usable paths: relative to the index directory (current
+    manifests) or as written (older manifests stored them relative to the build's working directory)."""
+    paths = [str(p) for p in manifest.get("paths", [])]
+    if manifest.get(PATHS_ROOT) == "index":
+        root = Path(directory).resolve()
+        return [os.path.normpath(root / p) for p in paths]
+    return paths

@@ -167,7 +167,7 @@ class ExactIndex(VectorIndex):
             self.spec = "exact"
         m.update(self.manifest_fields())
         m["dtype"] = str(self.dtype).replace("torch.", "")
-        write_manifest(d, m)
+        write_manifest(d, m, files=[FEATURES])
         return d
 
     @staticmethod

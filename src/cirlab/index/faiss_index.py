@@ -198,7 +198,7 @@ class FaissIndex(VectorIndex):
         m.update(self.manifest_fields())
         m.update({"faiss_factory": self.factory, "faiss_version": faiss.__version__,
                   "search_params": self.search_params, "train_size": self.train_size, "seed": self.seed})
-        write_manifest(d, m)
+        write_manifest(d, m, files=[INDEX_FILE, LABELS_FILE])
         return d
 
     @staticmethod
