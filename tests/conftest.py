@@ -15,6 +15,22 @@ os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
 torch.set_num_threads(1)
 
 
+@pytest.fixture(scope="session", autouse=True)
+def _session_feature_cache(tmp_path_factory):
+    """Caches of fixtures wider than one test live under the session's temp dir, never in ~/.cache."""
+    mp = pytest.MonkeyPatch()
+    mp.setenv("CIRLAB_CACHE", str(tmp_path_factory.mktemp("cirlab-cache")))
+    mp.delenv("CIRLAB_FEATURE_CACHE", raising=False)
+    yield
+    mp.undo()
+
+
+@pytest.fixture(autouse=True)
+def _test_feature_cache(tmp_path_factory, monkeypatch):
+    """Each test gets its own feature cache, so counts of encoded images do not depend on other tests."""
+    monkeypatch.setenv("CIRLAB_FEATURE_CACHE", str(tmp_path_factory.mktemp("features") / "features.sqlite"))
+
+
 @pytest.fixture(scope="session")
 def small_world(tmp_path_factory) -> Path:
     """A miniature world (all splits) on disk; returns its root."""

@@ -38,7 +38,7 @@ def test_index_search_eval(trained):
     r = _run("index", str(test), "--out", str(root / "idx"), "--backbone", bb, cwd=root)
     assert r.returncode == 0, r.stderr
     n_gallery = sum(1 for _ in open(test / "gallery.jsonl"))
-    assert f"indexed {n_gallery} images" in r.stdout
+    assert f"indexed {n_gallery} images" in r.stdout and f"encoded {n_gallery} of {n_gallery} images" in r.stdout
     first = json.loads(open(test / "triplets.jsonl").readline())
     r = _run("search", "--index", str(root / "idx"), "--reference", first["reference"], "--text", first["caption"],
              "-k", "7", "--json", cwd=root)
@@ -69,6 +69,12 @@ def test_index_search_eval(trained):
     hits = sum(any(t in rankings[q["id"]][:10] for t in q["targets"]) for q in trips)
     assert round(100 * hits / len(trips), 2) == m["recall@10"]
     assert all(q["reference"] not in rankings[q["id"]] for q in trips)
+    # eval into a fresh index directory: every feature comes from the shared feature cache, nothing is encoded
+    r = _run("eval", "--data", str(test), "--backbone", bb, "--methods", "sum", "--index-dir", str(root / "idx-2"),
+             "--out", str(root / "res-2.json"), cwd=root)
+    assert r.returncode == 0, r.stderr
+    assert f"encoded 0 of {n_gallery} images ({n_gallery} reused)" in r.stderr
+    assert json.loads((root / "res-2.json").read_text())["results"][0]["metrics"] == m
 
 
 def test_demo_writes_results_and_report(trained):

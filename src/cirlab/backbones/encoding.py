@@ -14,10 +14,13 @@ features as ``backbone.encode_images`` but
   identical images are encoded once. Features are committed batch by batch, so an
   interrupted run resumes where it stopped.
 
-The cache is one SQLite file, ``cache_root() / "features.sqlite"`` (``$CIRLAB_CACHE``,
-else ``$XDG_CACHE_HOME/cirlab``, else ``~/.cache/cirlab``). It also remembers the
-content hash of each file by (path, size, mtime), so an unchanged gallery is not
-even re-read. Features are stored as raw float32 bytes (no pickle).
+The cache is one SQLite file shared by every command (``cirlab index``, ``eval``, ``demo``,
+the experiments and the service all encode galleries through ``build_index``):
+``$CIRLAB_FEATURE_CACHE`` if set (a file path, or ``off`` to disable it), else
+``cache_root() / "features.sqlite"`` (``$CIRLAB_CACHE``, else ``$XDG_CACHE_HOME/cirlab``,
+else ``~/.cache/cirlab``). It also remembers the content hash of each file by (path, size,
+mtime), so an unchanged gallery is not even re-read. Features are stored as raw float32
+bytes (no pickle).
 """
 from __future__ import annotations
 
@@ -29,6 +32,7 @@ import sqlite3
 import threading
 import weakref
 from contextlib import nullcontext
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterable, Sequence
 
@@ -41,6 +45,8 @@ from tqdm.auto import tqdm
 from .base import Backbone, ImageLike, load_image
 
 HASH_BYTES = 16
+FEATURE_CACHE_ENV = "CIRLAB_FEATURE_CACHE"
+_OFF = {"off", "none", "0", "false", "no"}
 
 
 # ---- where things live -----------------------------------------------------------------------
@@ -51,6 +57,45 @@ def cache_root() -> Path:
         return Path(env).expanduser()
     base = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
     return Path(base) / "cirlab"
+
+
+def default_cache_path() -> Path | None:
+    """The shared feature cache file: ``$CIRLAB_FEATURE_CACHE`` (``off`` = no cache), else
+    ``cache_root() / "features.sqlite"``."""
+    env = os.environ.get(FEATURE_CACHE_ENV, "").strip()
+    if env.lower() in _OFF:
+        return None
+    return Path(env).expanduser() if env else cache_root() / "features.sqlite"
+
+
+def open_cache(spec: "FeatureCache | str | os.PathLike[str] | bool | None" = True) -> "FeatureCache | None":
+    """``True`` -> the default cache (or None when it is turned off); a path -> that file; ``"off"``,
+    ``False`` or ``None`` -> no cache; a ``FeatureCache`` is returned as is."""
+    if isinstance(spec, FeatureCache):
+        return spec
+    if spec is True:
+        path = default_cache_path()
+        return FeatureCache(path) if path else None
+    if spec is False or spec is None or str(spec).strip().lower() in _OFF:
+        return None
+    return FeatureCache(spec)
+
+
+@dataclass
+class EncodeStats:
+    """What an encoding call did: images asked for, found in the cache, and run through the model."""
+
+    images: int = 0
+    cached: int = 0
+    encoded: int = 0
+
+    def add(self, other: "EncodeStats") -> None:
+        self.images += other.images
+        self.cached += other.cached
+        self.encoded += other.encoded
+
+    def __str__(self) -> str:
+        return f"encoded {self.encoded} of {self.images} images ({self.cached} reused)"
 
 
 def pick_device(prefer: str | torch.device | None = "auto") -> torch.device:
@@ -128,7 +173,7 @@ class FeatureCache:
     """Image features in one SQLite file, keyed by (model key, image content hash)."""
 
     def __init__(self, path: str | os.PathLike[str] | None = None) -> None:
-        self.path = Path(path) if path else cache_root() / "features.sqlite"
+        self.path = Path(path) if path else (default_cache_path() or cache_root() / "features.sqlite")
         self.path.parent.mkdir(parents=True, exist_ok=True)
         self._local = threading.local()
         with self._db() as db:
@@ -253,12 +298,13 @@ def image_loader(backbone: Backbone, items: Sequence[ImageLike], batch_size: int
 @torch.no_grad()
 def encode_images(backbone: Backbone, images: Sequence[ImageLike], batch_size: int = 64, *,
                   num_workers: int | None = None, device: str | torch.device | None = "auto", amp: bool = True,
-                  cache: FeatureCache | bool | None = True, progress: bool = True) -> torch.Tensor:
+                  cache: FeatureCache | str | os.PathLike[str] | bool | None = True, progress: bool = True,
+                  stats: EncodeStats | None = None) -> torch.Tensor:
     """(N, D) normalised float32 features of ``images`` (paths or PIL images), on the CPU.
 
     ``device="auto"`` moves a backbone that is on the CPU to the best device available (and leaves it
-    there); ``device=None`` keeps it where it is. ``cache=True`` uses ``FeatureCache()``; ``False``/``None``
-    encodes everything.
+    there); ``device=None`` keeps it where it is. ``cache=True`` uses the default cache (``open_cache``);
+    ``False``/``None``/``"off"`` encodes everything. ``stats`` (if given) is incremented with what was done.
     """
     images = list(images)
     if device is not None:
@@ -267,7 +313,7 @@ def encode_images(backbone: Backbone, images: Sequence[ImageLike], batch_size: i
             backbone.to(target)
     dev = backbone.device
     amp_dtype = autocast_dtype(dev, amp)
-    store = FeatureCache() if cache is True else (cache or None)
+    store = open_cache(cache)
     out = torch.empty(len(images), backbone.embed_dim)
     if not images:
         return out
@@ -287,6 +333,8 @@ def encode_images(backbone: Backbone, images: Sequence[ImageLike], batch_size: i
             elif h not in first:            # identical images are encoded once
                 first[h] = i
                 todo.append(i)
+    if stats is not None:
+        stats.add(EncodeStats(len(images), len(images) - len(todo), len(todo)))
     if todo:
         was_training = backbone.training
         backbone.eval()
@@ -316,5 +364,5 @@ def encode_images(backbone: Backbone, images: Sequence[ImageLike], batch_size: i
     return out
 
 
-__all__ = ["FeatureCache", "autocast_dtype", "cache_root", "default_workers", "encode_images", "image_bytes_hash",
-           "image_loader", "model_key", "pick_device", "preprocess_fingerprint", "weights_fingerprint"]
+__all__ = ["EncodeStats", "FeatureCache", "autocast_dtype", "cache_root", "default_cache_path", "default_workers",
+           "encode_images", "image_bytes_hash", "image_loader", "model_key", "open_cache", "pick_device", "preprocess_fingerprint", "weights_fingerprint"]

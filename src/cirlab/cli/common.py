@@ -1,6 +1,7 @@
 """Helpers shared by CLI commands: loading datasets and indexes, printing tables."""
 from __future__ import annotations
 
+import argparse
 import hashlib
 import os
 from pathlib import Path
@@ -18,6 +19,19 @@ def default_index_dir(gallery: Gallery, backbone_spec: str) -> Path:
     h = hashlib.sha256(("\n".join(str(p.resolve()) for p in gallery.paths) + "|" + backbone_spec).encode())
     slug = "".join(c if c.isalnum() else "-" for c in backbone_spec)[:40]
     return cache_root() / "indexes" / f"{slug}-{h.hexdigest()[:12]}"
+
+
+def add_feature_cache_arg(p: argparse.ArgumentParser) -> None:
+    """``--feature-cache PATH|off``: where encoded image features are kept across commands."""
+    p.add_argument("--feature-cache", default=None, metavar="PATH",
+                   help="SQLite file of image features shared by every command, so a gallery is encoded once "
+                        "(default: $CIRLAB_FEATURE_CACHE, else $CIRLAB_CACHE/features.sqlite, else "
+                        "~/.cache/cirlab/features.sqlite); 'off' encodes everything")
+
+
+def feature_cache(args: argparse.Namespace) -> str | bool:
+    """The ``cache`` argument of ``build_index`` for ``--feature-cache`` (True = the default cache)."""
+    return getattr(args, "feature_cache", None) or True
 
 
 def split_methods(text: str) -> list[str]:

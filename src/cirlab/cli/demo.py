@@ -10,7 +10,7 @@ import argparse
 import time
 from pathlib import Path
 
-from .common import format_table, split_methods
+from .common import add_feature_cache_arg, feature_cache, format_table, split_methods
 from .evaluate import TABLE_COLUMNS, write_json
 
 # weighted:0.2 = the text weight that maximised R@10 on the world's val split (see README)
@@ -25,6 +25,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--methods", default=",".join(DEMO_METHODS), help="comma-separated method specs")
     p.add_argument("--queries", type=int, default=None, help="smaller world for a quick run (default: full test)")
     p.add_argument("--seed", type=int, default=0, help="world seed")
+    add_feature_cache_arg(p)
     p.set_defaults(func=run)
 
 
@@ -45,7 +46,7 @@ def run(args: argparse.Namespace) -> int:
     dataset = load_dataset(split)
     backbone = create_backbone(args.backbone)
     methods = split_methods(args.methods)
-    results = evaluate_methods(dataset, backbone, methods, out / "index")
+    results = evaluate_methods(dataset, backbone, methods, out / "index", cache=feature_cache(args))
     print(f"\nworld test split: {len(dataset.gallery)} gallery images, {len(dataset)} queries; "
           f"backbone {args.backbone}; reference removed from rankings; metrics in %\n")
     print(format_table([{"method": r.method, **r.metrics} for r in results], TABLE_COLUMNS))

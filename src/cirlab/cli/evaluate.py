@@ -7,7 +7,7 @@ import os
 from pathlib import Path
 
 from ..errors import CirlabError
-from .common import default_index_dir, format_table, open_dataset, split_methods
+from .common import add_feature_cache_arg, default_index_dir, feature_cache, format_table, open_dataset, split_methods
 
 TABLE_COLUMNS = ["method", "recall@1", "recall@5", "recall@10", "recall@50", "map@10"]
 
@@ -33,6 +33,7 @@ def register(sub: argparse._SubParsersAction) -> None:
                    help="Fashion IQ caption join: and, and-reversed, both (orders averaged) or a format with {c1} {c2}")
     p.add_argument("--drop-incomplete", action="store_true",
                    help="benchmark: evaluate only queries whose images are all present (noted loudly in results)")
+    add_feature_cache_arg(p)
     p.set_defaults(func=run)
 
 
@@ -50,7 +51,8 @@ def run(args: argparse.Namespace) -> int:
     backbone = create_backbone(args.backbone)
     methods = split_methods(args.methods)
     index_dir = args.index_dir or default_index_dir(dataset.gallery, backbone.spec)
-    results = evaluate_methods(dataset, backbone, methods, index_dir, exclude_reference=not args.keep_reference)
+    results = evaluate_methods(dataset, backbone, methods, index_dir, exclude_reference=not args.keep_reference,
+                               cache=feature_cache(args))
     payload = {"dataset": str(args.data), "results": [r.to_json() for r in results]}
     if args.out:
         write_json(args.out, payload)

@@ -5,7 +5,7 @@ import argparse
 from pathlib import Path
 
 from ..errors import CirlabError
-from .common import open_gallery
+from .common import add_feature_cache_arg, feature_cache, open_gallery
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -34,6 +34,7 @@ def register(sub: argparse._SubParsersAction) -> None:
                       help="re-hash every stored file of the index at --out and load it; exit 2 if it is damaged")
     mode.add_argument("--repair", action="store_true",
                       help="rebuild the index at --out if it is damaged (missing, truncated or changed files)")
+    add_feature_cache_arg(p)
     p.set_defaults(func=run)
 
 
@@ -51,6 +52,7 @@ def run(args: argparse.Namespace) -> int:
     if args.verify:
         return run_verify(args)
     from ..backbones import create_backbone
+    from ..backbones.encoding import EncodeStats
     from ..index import build_index
 
     recorded = _recorded(args) if args.repair else {}
@@ -64,14 +66,15 @@ def run(args: argparse.Namespace) -> int:
     backbone = create_backbone(args.backbone or recorded.get("backbone") or "tiny:world")
     index_spec = args.index_spec or recorded.get("index") or "exact"
     rel_gallery = _relative(gallery_src, args.out)
+    stats = EncodeStats()
     try:
         index = build_index(backbone, gallery, args.out, index_spec, chunk_size=args.chunk_size,
                             batch_size=args.batch_size, extra={"gallery": rel_gallery}, ray=args.ray,
                             ray_options={"num_actors": args.ray_actors} if args.ray_actors else None,
-                            repair=args.repair)
+                            repair=args.repair, cache=feature_cache(args), stats=stats)
     except (KeyError, ValueError) as e:  # a bad --index-spec (unknown kind, factory, option)
         raise CirlabError(f"--index-spec {index_spec!r}: {e.args[0] if e.args else e}") from None
-    print(f"indexed {len(index)} images with {backbone.spec} ({index.spec}) -> {args.out}")
+    print(f"indexed {len(index)} images with {backbone.spec} ({index.spec}) -> {args.out}; {stats}")
     return 0
 
 

@@ -62,15 +62,17 @@ def evaluate(retriever: Retriever, dataset: CIRDataset, *, exclude_reference: bo
 
 
 def evaluate_methods(dataset: CIRDataset, backbone: Any, methods: list[str], index_dir: Any, *,
-                     index_spec: str = "exact", exclude_reference: bool = True, progress: bool = True
-                     ) -> list[EvalResult]:
-    """Index ``dataset``'s gallery with ``backbone`` (reused when cached) and evaluate each method."""
+                     index_spec: str = "exact", exclude_reference: bool = True, progress: bool = True,
+                     cache: Any = True) -> list[EvalResult]:
+    """Index ``dataset``'s gallery with ``backbone`` (reused when cached; ``cache``: the feature cache,
+    see ``build_index``) and evaluate each method."""
     from ..index import build_index
     from ..methods import create_method
 
     # methods first: a bad spec or checkpoint fails before the (long) gallery encoding
     created = [create_method(m, backbone) for m in methods]
-    index = build_index(backbone, dataset.gallery, index_dir, index_spec, progress=progress, repair=True)
+    index = build_index(backbone, dataset.gallery, index_dir, index_spec, progress=progress, repair=True,
+                        cache=cache)
     base = Retriever(backbone, index, created[0], dict(zip(dataset.gallery.ids, map(str, dataset.gallery.paths))))
     return [evaluate(base.with_method(m), dataset, exclude_reference=exclude_reference, progress=progress)
             for m in created]

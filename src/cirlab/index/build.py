@@ -5,6 +5,12 @@
 stopped), then writes the index and its manifest (backbone spec, weights
 fingerprint, dim, count, ids). Calling it again on an unchanged gallery with
 the same backbone loads the saved index and encodes nothing.
+
+Images are encoded through the shared feature cache
+(``cirlab.backbones.encoding``: keyed by backbone fingerprint + preprocessing +
+file content), so another index of the same gallery (another directory,
+another index kind, ``cirlab eval`` after ``cirlab index``) encodes nothing
+either, and a run killed mid-chunk keeps every batch it committed.
 """
 from __future__ import annotations
 
@@ -20,6 +26,7 @@ from tqdm.auto import tqdm
 
 from .. import __version__
 from ..backbones.base import Backbone
+from ..backbones.encoding import EncodeStats, FeatureCache, encode_images, open_cache
 from ..data.record import Gallery
 from ..errors import CirlabError, IndexMismatchError
 from ..fileutil import DirLock, atomic_write_text, sha256_file
@@ -96,17 +103,24 @@ def missing_chunks(cdir: Path, n: int, chunk_size: int) -> list[int]:
 
 
 def encode_gallery(backbone: Backbone, gallery: Gallery, work_dir: Path, chunk_size: int = 2048,
-                   batch_size: int = 64, progress: bool = True) -> torch.Tensor:
-    """(N, D) features of the gallery; finished chunks under ``work_dir/chunks`` are reused."""
+                   batch_size: int = 64, progress: bool = True, cache: FeatureCache | str | bool | None = True,
+                   stats: EncodeStats | None = None) -> torch.Tensor:
+    """(N, D) features of the gallery; finished chunks under ``work_dir/chunks`` are reused, and the
+    other images are looked up in the feature cache (``cache``: see ``encoding.open_cache``) first."""
     cdir = prepare_chunks(backbone, gallery, Path(work_dir), chunk_size)
+    store = open_cache(cache)
+    stats = stats if stats is not None else EncodeStats()
     feats = []
     bar = tqdm(total=len(gallery), desc="encode gallery", unit="img", disable=not progress)
     for c, (lo, hi) in enumerate(chunk_bounds(len(gallery), chunk_size)):
         path = chunk_path(cdir, c)
         x = read_chunk(path, hi - lo)
         if x is None:
-            x = backbone.encode_images(gallery.paths[lo:hi], batch_size=batch_size)
+            x = encode_images(backbone, gallery.paths[lo:hi], batch_size=batch_size, device=None,
+                              cache=store if store is not None else False, progress=False, stats=stats)
             write_chunk(path, x)
+        else:
+            stats.add(EncodeStats(hi - lo, hi - lo, 0))
         feats.append(x)
         bar.update(hi - lo)
     bar.close()
@@ -116,7 +130,8 @@ def encode_gallery(backbone: Backbone, gallery: Gallery, work_dir: Path, chunk_s
 def build_index(backbone: Backbone, gallery: Gallery, directory: str | os.PathLike[str], index_spec: str = "exact",
                 chunk_size: int = 2048, batch_size: int = 64, progress: bool = True,
                 extra: dict[str, Any] | None = None, ray: str | bool | None = None,
-                ray_options: dict[str, Any] | None = None, repair: bool = False) -> VectorIndex:
+                ray_options: dict[str, Any] | None = None, repair: bool = False,
+                cache: FeatureCache | str | bool | None = True, stats: EncodeStats | None = None) -> VectorIndex:
     """Build (or reuse) the index of ``gallery`` under ``directory``.
 
     ``ray``: encode the missing chunks with Ray Data first (``True``/``""`` = a local Ray, or a cluster
@@ -126,7 +141,10 @@ def build_index(backbone: Backbone, gallery: Gallery, directory: str | os.PathLi
     Only a new or empty directory, or one holding a cirlab index, is written into (``claim_output``), by
     one build at a time (``DirLock``). A saved index that fits is reused after its files are verified;
     a damaged one is an error unless ``repair``, which rebuilds it.
+    ``cache``: the feature cache (default: the shared one; ``False``/``"off"``: none). ``stats`` (if given)
+    counts the images encoded and reused; the count is also logged.
     """
+    stats = stats if stats is not None else EncodeStats()
     if chunk_size < 1:
         raise CirlabError(f"--chunk-size must be at least 1, got {chunk_size}")
     if batch_size < 1:
@@ -140,6 +158,7 @@ def build_index(backbone: Backbone, gallery: Gallery, directory: str | os.PathLi
         if (d / MANIFEST).is_file():
             reused = _reuse(backbone, gallery, d, index_spec, repair)
             if reused is not None:
+                stats.add(EncodeStats(len(reused), len(reused), 0))
                 return reused
         # an index being rebuilt is no index until its new manifest lands
         (d / MANIFEST).unlink(missing_ok=True)
@@ -149,7 +168,8 @@ def build_index(backbone: Backbone, gallery: Gallery, directory: str | os.PathLi
             encode_chunks_ray(backbone, gallery, d, chunk_size=chunk_size, batch_size=batch_size,
                               address=None if ray is True or ray == "" else str(ray), progress=progress,
                               **(ray_options or {}))
-        feats = encode_gallery(backbone, gallery, d, chunk_size, batch_size, progress)
+        feats = encode_gallery(backbone, gallery, d, chunk_size, batch_size, progress, cache=cache, stats=stats)
+        log.info("gallery of %d images: %s", len(gallery), stats)
         index = create_index(index_spec, dim=backbone.embed_dim)
         index.add(gallery.ids, feats)
         manifest = {"backbone": backbone.spec, "fingerprint": backbone.fingerprint(),
@@ -182,7 +202,7 @@ def _reuse(backbone: Backbone, gallery: Gallery, d: Path, index_spec: str, repai
             raise
         log.warning("%s: rebuilding a damaged index (%s)", d, e)
         return None
-    log.info("reusing index %s (%d images)", d, len(index))
+    log.info("reusing index %s (%d images): encoded 0 images", d, len(index))
     return index
 
 
