@@ -61,11 +61,16 @@ def cirr_subset_ranking(ranked: Sequence[str], members: Sequence[str], reference
     return head + tail
 
 
+def without_reference(triplets: Sequence[CIRTriplet], ranked: Sequence[Sequence[str]]) -> list[list[str]]:
+    """Each ranking with its query's reference removed (the CIRR protocol does this before cutting at K)."""
+    return [[x for x in r if x != t.reference] for t, r in zip(triplets, ranked)]
+
+
 def cirr_metrics(triplets: Sequence[CIRTriplet], rankings: Mapping[str, Sequence[str]],
                  subset_rankings: Mapping[str, Sequence[str]] | None = None) -> dict[str, float]:
     trips = labelled(triplets)
     gts = [t.targets for t in trips]
-    ranked = _rows(trips, rankings, "cirr recall predictions")
+    ranked = without_reference(trips, _rows(trips, rankings, "cirr recall predictions"))
     out = {f"recall@{k}": recall_at_k(ranked, gts, k) for k in CIRR_RECALL_KS}
     if subset_rankings is not None:
         sub = _rows(trips, subset_rankings, "cirr recall_subset predictions")

@@ -112,8 +112,16 @@ def save_predictions(directory: Path, stem: str, split: BenchmarkSplit, rankings
             for suffix, obj in prediction_files(split, rankings, subset).items()]
 
 
+def coco_id(x: Any) -> str:
+    """A COCO image id as the gallery spells it: ``57413`` and ``"000000057413"`` are both ``"57413"``."""
+    if isinstance(x, str) and x.isdigit():
+        return str(int(x))
+    return str(x)
+
+
 def rankings_from(benchmark: str, obj: Mapping[str, Any]) -> dict[str, list[str]]:
-    """Query id -> ranked ids (strings) from a (validated) prediction object."""
+    """Query id -> ranked ids (strings) from a (validated) prediction object (CIRCO ids normalised)."""
     if benchmark == "fashioniq":
         return {f"{cat}/{n}": [str(x) for x in row] for cat, rows in obj.items() for n, row in enumerate(rows)}
-    return {str(k): [str(x) for x in v] for k, v in obj.items() if k not in CIRR_HEADER}
+    norm = coco_id if benchmark == "circo" else str
+    return {str(k): [norm(x) for x in v] for k, v in obj.items() if k not in CIRR_HEADER}

@@ -23,12 +23,19 @@ from typing import Any, Callable, Mapping, Sequence
 
 from .base import BenchmarkSplit, Problems
 from .submission import (CIRR_HEADER, CIRR_RECALL, CIRR_SUBSET, CIRR_VERSION, RANK_DEPTH, SUBSET_DEPTH,
-                         load_json_file)
+                         coco_id, load_json_file)
 
 SHOW = 10
-#: our own cap on a submission file's size (not a published server number; the official
-#: examples are 4.2 MB for CIRR and 0.3 MB for CIRCO); override with --max-bytes
+#: our own cap on a submission file's size where a server publishes none (the official CIRCO
+#: examples are 0.3 MB); override with --max-bytes
 MAX_BYTES = 32 * 1024 * 1024
+#: the servers' own upload limits (CIRR's evaluation server accepts files up to 5 MB; its official
+#: recall example is 4.19 MB)
+SERVER_MAX_BYTES = {"cirr": 5_000_000}
+
+
+def max_bytes_for(benchmark: str) -> int:
+    return SERVER_MAX_BYTES.get(benchmark, MAX_BYTES)
 
 
 class _Collector:
@@ -51,8 +58,10 @@ class _Collector:
                 sink(f"{self.where}: ... {len(msgs) - SHOW} more {self.noun}s with the same problem ({kind})")
 
 
-def _ids_of(value: Any, server_int: bool | None) -> tuple[list[str] | None, str | None]:
-    """The list's items as strings, or an error. ``server_int``: True = must be ints, False = must be str."""
+def _ids_of(value: Any, server_int: bool | None, norm: Callable[[Any], str] = str
+            ) -> tuple[list[str] | None, str | None]:
+    """The list's items as strings (through ``norm``), or an error. ``server_int``: True = must be ints,
+    False = must be str."""
     if not isinstance(value, list):
         return None, f"expected a list of image ids, got {type(value).__name__}"
     out = []
@@ -63,7 +72,7 @@ def _ids_of(value: Any, server_int: bool | None) -> tuple[list[str] | None, str 
             return None, f"item {n} is {x!r}: the server expects integer image ids"
         if server_int is False and not isinstance(x, str):
             return None, f"item {n} is {x!r}: the server expects image names (strings)"
-        out.append(str(x))
+        out.append(norm(x))
     return out, None
 
 
@@ -170,7 +179,7 @@ def validate_circo(split: BenchmarkSplit, obj: Any, where: str, *, server: bool)
     in_gallery = _gallery_check(split, "all", "the COCO 2017 unlabeled gallery")
     for t in trips:
         if t.id in obj:
-            ids, err = _ids_of(obj[t.id], True if server else None)
+            ids, err = _ids_of(obj[t.id], True if server else None, coco_id)
             if err:
                 c.add("error", "not a list", f"query {t.id}: {err}")
                 continue
@@ -215,9 +224,11 @@ def validate_fashioniq(split: BenchmarkSplit, obj: Any, where: str, *, server: b
 
 
 def validate_file(split: BenchmarkSplit, path: Path, *, server: bool = True, metric: str | None = None,
-                  max_bytes: int = MAX_BYTES) -> tuple[Problems, Any, str | None]:
-    """Check one file for ``split``: (problems, parsed object, CIRR metric field or None)."""
+                  max_bytes: int | None = None) -> tuple[Problems, Any, str | None]:
+    """Check one file for ``split``: (problems, parsed object, CIRR metric field or None).
+    ``max_bytes``: default, the benchmark server's limit (``max_bytes_for``)."""
     path = Path(path)
+    max_bytes = max_bytes or max_bytes_for(split.benchmark)
     where = str(path)
     p = Problems()
     size = path.stat().st_size if path.is_file() else 0

@@ -45,7 +45,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     v = sub.add_parser("validate-submission", help="run the test servers' sanity checks on submission file(s)")
     _common(v, servers_only=True)
     v.add_argument("files", nargs="+", type=Path, help="submission file(s) (CIRR: recall and/or recall_subset)")
-    v.add_argument("--max-bytes", type=int, default=None, help="file size cap (default: 32 MiB)")
+    v.add_argument("--max-bytes", type=int, default=None,
+                   help="file size cap (default: the server's, 5 MB for CIRR; 32 MiB for CIRCO)")
     v.set_defaults(func=run_validate)
 
 
@@ -104,13 +105,16 @@ def _server_benchmark(args: argparse.Namespace):
 
 
 def run_validate(args: argparse.Namespace) -> int:
-    from ..benchmarks.validate import MAX_BYTES, validate_file
+    from ..benchmarks.submission import CIRR_RECALL, CIRR_SUBSET
+    from ..benchmarks.validate import validate_file
 
     _server_benchmark(args)
     split = _load(args, need_gallery=False)
     failed = 0
+    metrics: set[str] = set()
     for f in args.files:
-        problems, obj, metric = validate_file(split, f, server=True, max_bytes=args.max_bytes or MAX_BYTES)
+        problems, obj, metric = validate_file(split, f, server=True, max_bytes=args.max_bytes)
+        metrics.add(metric or "")
         for w in problems.warnings:
             print(f"warning: {w}", file=sys.stderr)
         if problems.ok:
@@ -122,6 +126,10 @@ def run_validate(args: argparse.Namespace) -> int:
             for e in problems.errors:
                 print(f"error: {e}", file=sys.stderr)
             print(f"REJECTED {f}: {len(problems.errors)} problem(s)", file=sys.stderr)
+    absent = [m for m in (CIRR_RECALL, CIRR_SUBSET) if m not in metrics]
+    if split.benchmark == "cirr" and absent:
+        print(f"note: the CIRR server needs both files (metric {CIRR_RECALL!r} and {CIRR_SUBSET!r}); "
+              f"{' and '.join(map(repr, absent))} not given")
     return 1 if failed else 0
 
 
