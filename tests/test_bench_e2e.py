@@ -179,11 +179,15 @@ def test_fashioniq_eval_end_to_end(backbone_dir, encoder, tmp_path, capsys):
     assert_same(got, naive_fashioniq({c: [e for _, e in kept[c]] for c in caps}, want))
 
 
-def test_circo_eval_end_to_end_and_validate(backbone_dir, encoder, tmp_path, capsys):
-    root = tmp_path / "circo"
+def circo_val(root: Path, queries: list | None = None) -> tuple[list, list[int]]:
+    """A CIRCO root with the val annotations (all, or ``queries``), a COCO listing of their references and
+    ground truth plus 40 distractors, and a placeholder image for each; (queries, image ids)."""
     (root / "annotations").mkdir(parents=True)
-    (root / "annotations/val.json").symlink_to(BENCH / "circo/annotations/val.json")
-    queries = json.loads((BENCH / "circo/annotations/val.json").read_text())
+    if queries is None:
+        (root / "annotations/val.json").symlink_to(BENCH / "circo/annotations/val.json")
+        queries = json.loads((BENCH / "circo/annotations/val.json").read_text())
+    else:
+        (root / "annotations/val.json").write_text(json.dumps(queries))
     needed = {q["reference_img_id"] for q in queries} | {g for q in queries for g in q["gt_img_ids"]}
     distractors = set(random.Random(0).sample([i for i in range(1, 600000) if i not in needed], 40))
     ids = sorted(needed | distractors)
@@ -193,6 +197,12 @@ def test_circo_eval_end_to_end_and_validate(backbone_dir, encoder, tmp_path, cap
     listing.write_text(json.dumps({"info": {}, "images": images}))
     for n, im in enumerate(images):
         placeholder(root / "COCO2017_unlabeled/unlabeled2017" / im["file_name"], n)
+    return queries, ids
+
+
+def test_circo_eval_end_to_end_and_validate(backbone_dir, encoder, tmp_path, capsys):
+    root = tmp_path / "circo"
+    queries, ids = circo_val(root)
     rc = main(["data", "check", "--benchmark", "circo", "--split", "val", "--data-root", str(root)])
     assert rc == 0 and "can evaluate: yes" in capsys.readouterr().out
     rc = main(["eval", "--benchmark", "circo", "--split", "val", "--data-root", str(root), "--backbone",

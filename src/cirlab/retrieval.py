@@ -14,6 +14,7 @@ from typing import Sequence
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 
 from .backbones import Backbone, create_backbone
 from .backbones.base import ImageLike
@@ -89,20 +90,33 @@ class Retriever:
                      rescore_depth: int | None = None) -> tuple[np.ndarray, list[list[str]]]:
         """Top-``k`` ids per query; ``rescore_depth`` candidates go through the method's ``rescore``
         (``None``: the method's own ``rescore_depth``, 0 for methods that do not re-score)."""
-        queries = self.method.compose(batch)
+        scores, ids, _ = self.search_variants([batch], k, exclude, rescore_depth)
+        return scores, ids
+
+    @torch.no_grad()
+    def search_variants(self, batches: Sequence[QueryBatch], k: int = 10,
+                        exclude: Sequence[Sequence[str] | None] | None = None, rescore_depth: int | None = None
+                        ) -> tuple[np.ndarray, list[list[str]], torch.Tensor]:
+        """Like ``search_batch`` for queries given as several text variants (one batch each, the same
+        references): the normalised sum of the variants' queries ranks the index, and the re-scores of
+        the variants are averaged. Also returns the (N, D) queries that ranked the index."""
+        parts = [self.method.compose(b) for b in batches]
+        queries = parts[0] if len(parts) == 1 else F.normalize(torch.stack([q.float() for q in parts]).sum(0), dim=-1)
         if rescore_depth is None:
             rescore_depth = self.method.rescore_depth
-        depth = max(k, rescore_depth)
+        depth = min(max(k, rescore_depth), len(self.index))
         scores, ids = self.index.search(queries, depth, exclude)
         if rescore_depth and type(self.method).rescore is not Method.rescore:
             feats = None
             if hasattr(self.index, "vectors"):
                 feats = torch.stack([self.index.vectors(row) for row in ids])
-            new = self.method.rescore(batch, queries, ids, torch.from_numpy(scores), feats).numpy()
+            old = torch.from_numpy(scores)
+            new = torch.stack([self.method.rescore(b, q, ids, old, feats).float()
+                               for b, q in zip(batches, parts)]).mean(0).numpy()
             order = np.argsort(-new, axis=1, kind="stable")
             scores = np.take_along_axis(new, order, 1)
             ids = [[row[j] for j in o] for row, o in zip(ids, order)]
-        return scores[:, :k], [row[:k] for row in ids]
+        return scores[:, :k], [row[:k] for row in ids], queries
 
     def search(self, reference: ImageLike | str, text: str, k: int = 10, exclude_reference: bool = True
                ) -> list[Hit]:

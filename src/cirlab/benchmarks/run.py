@@ -20,7 +20,6 @@ from pathlib import Path
 from typing import Any
 
 import torch
-import torch.nn.functional as F
 from tqdm.auto import tqdm
 
 from ..errors import CirlabError
@@ -49,15 +48,12 @@ def rank_part(retriever: Retriever, split: BenchmarkSplit, part: str, prompt: Pr
                       disable=not progress):
         chunk = trips[start:start + batch_size]
         variants = [prompt.texts(t) for t in chunk]
-        queries = None
-        for j in range(len(variants[0])):
-            batch = retriever.make_batch([t.reference for t in chunk], [v[j] for v in variants])
-            q = retriever.method.compose(batch).float()
-            queries = q if queries is None else queries + q
-        assert queries is not None
-        queries = F.normalize(queries, dim=-1)
+        refs = [t.reference for t in chunk]
+        batches = [retriever.make_batch(refs, [v[j] for v in variants]) for j in range(len(variants[0]))]
         exclude = [[t.reference] for t in chunk] if exclude_reference else None
-        _, ids = retriever.index.search(queries, depth, exclude)
+        # the method's re-scoring runs with its own depth, as in `cirlab eval`
+        _, ids, queries = retriever.search_variants(batches, depth, exclude)
+        queries = queries.float()
         for n, (t, row) in enumerate(zip(chunk, ids)):
             rankings[t.id] = row
             if subset is not None:

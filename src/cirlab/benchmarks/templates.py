@@ -12,12 +12,13 @@ Templates change scores, so they are configuration, recorded in every results fi
   averaged, which ranks exactly like averaging their similarity scores.
 
 Each caption is stripped of surrounding whitespace before joining (several Fashion
-IQ captions start with a space).
+IQ captions start with a space). ``clip4cir`` is CLIP4Cir's own join: each caption stripped
+of ``'.?, '``, the first capitalised, "{c1} and {c2}".
 """
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Callable
 
 from ..data.record import CIRTriplet
 from ..errors import CirlabError
@@ -34,16 +35,32 @@ JOINS: dict[str, tuple[str, ...]] = {
 }
 
 
+def clip4cir_join(c1: str, c2: str) -> list[str]:
+    """CLIP4Cir's Fashion IQ query text: ``f"{c1.strip('.?, ').capitalize()} and {c2.strip('.?, ')}"``."""
+    return [f"{c1.strip('.?, ').capitalize()} and {c2.strip('.?, ')}"]
+
+
+#: joins that are functions of the two raw captions (their own stripping), with the format they produce
+JOIN_FUNCTIONS: dict[str, tuple[Callable[[str, str], list[str]], str]] = {
+    "clip4cir": (clip4cir_join, "{c1.strip('.?, ').capitalize()} and {c2.strip('.?, ')}"),
+}
+
+
 def _formats(join: str) -> tuple[str, ...]:
+    if join in JOIN_FUNCTIONS:
+        return (JOIN_FUNCTIONS[join][1],)
     if join in JOINS:
         return JOINS[join]
     if "{c1}" in join and "{c2}" in join:
         return (join,)
-    raise CirlabError(f"caption join {join!r}: use one of {', '.join(JOINS)} or a format with {{c1}} and {{c2}}")
+    raise CirlabError(f"caption join {join!r}: use one of {', '.join([*JOINS, *JOIN_FUNCTIONS])} or a format with "
+                      f"{{c1}} and {{c2}}")
 
 
 def join_captions(c1: str, c2: str, join: str = "and") -> list[str]:
     """The query text(s) for a pair of captions under ``join``."""
+    if join in JOIN_FUNCTIONS:
+        return JOIN_FUNCTIONS[join][0](c1, c2)
     a, b = c1.strip(), c2.strip()
     try:
         return [f.format(c1=a, c2=b) for f in _formats(join)]

@@ -30,7 +30,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--template", default=None,
                    help="benchmark prompt template with {caption}, or a preset (plain, photo-that); recorded in results")
     p.add_argument("--caption-join", default=None,
-                   help="Fashion IQ caption join: and, and-reversed, both (orders averaged) or a format with {c1} {c2}")
+                   help="Fashion IQ caption join: and, and-reversed, both (orders averaged), clip4cir (CLIP4Cir's) or a "
+                        "format with {c1} {c2}")
     p.add_argument("--drop-incomplete", action="store_true",
                    help="benchmark: evaluate only queries whose images are all present (noted loudly in results)")
     add_feature_cache_arg(p)

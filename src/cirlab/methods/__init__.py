@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import importlib
+from typing import Callable
 
 from ..backbones.base import Backbone
 from ..registry import Registry, split_spec
@@ -16,11 +17,21 @@ for _m in METHOD_MODULES:
 
 BASELINES = ("image", "text", "sum", "weighted")
 
+#: hooks that rewrite a spec before it is created (a named pretrained configuration -> the spec of its
+#: checkpoint, see ``cirlab.zoo``); each returns the new spec, or ``None`` when the spec is not theirs
+SPEC_RESOLVERS: list[Callable[[str], "str | None"]] = []
+
 
 def create_method(spec: str, backbone: Backbone) -> Method:
+    given = spec
+    for resolve in SPEC_RESOLVERS:
+        new = resolve(spec)
+        if new is not None:
+            spec = new
+            break
     name, arg = split_spec(spec)
     method = METHODS.get(name)(arg, backbone=backbone)
-    method.spec = spec
+    method.spec = given
     return method
 
 
@@ -28,4 +39,4 @@ def list_methods() -> dict[str, str]:
     return METHODS.describe()
 
 
-__all__ = ["BASELINES", "METHODS", "Method", "QueryBatch", "create_method", "list_methods"]
+__all__ = ["BASELINES", "METHODS", "Method", "QueryBatch", "SPEC_RESOLVERS", "create_method", "list_methods"]

@@ -7,6 +7,13 @@ raw features back in. A learnable temperature (``logit_scale = log(1 / T)``) sca
 the cosine logits of the contrastive loss. The model sees only cached features, so it
 trains in seconds on CPU (``cirlab.train.supervised``).
 
+CLIP4Cir's own Combiner is the same network with three choices fixed differently, all
+options of ``CombinerConfig``: the projections are concatenated as (text, image)
+(``order="text-image"``), the logit scale is a constant 100 (``fixed_scale=100``), and the
+inputs are the backbone's raw projected features, not L2-normalised ones
+(``raw_input=True``; the method then asks for raw reference features, ``needs_raw``).
+``cirlab.zoo.importers.clip4cir`` converts its released checkpoint into this format.
+
 A checkpoint directory holds ``model.safetensors`` + ``config.json`` (the Combiner's
 shape, the backbone spec and weight fingerprint it was trained on, the training log);
 use it as the method ``combiner:DIR``.
@@ -39,6 +46,9 @@ class CombinerConfig:
     hidden: int = 1024            # width of the fusion layer
     dropout: float = 0.2
     temperature: float = 0.07     # initial temperature of the contrastive logits (learnable)
+    order: str = "image-text"     # concatenation order of the projections ("text-image": CLIP4Cir's)
+    fixed_scale: float | None = None  # a constant logit scale instead of the learnable one (CLIP4Cir: 100)
+    raw_input: bool = False       # take raw projected features (CLIP4Cir) instead of L2-normalised ones
 
     def __post_init__(self) -> None:
         for name in ("dim", "projection", "hidden"):
@@ -48,6 +58,13 @@ class CombinerConfig:
             raise CirlabError(f"combiner dropout must be in [0, 1), got {self.dropout}")
         if self.temperature <= 0:
             raise CirlabError(f"combiner temperature must be > 0, got {self.temperature}")
+        if self.order not in ORDERS:
+            raise CirlabError(f"combiner order {self.order!r}: use one of {', '.join(ORDERS)}")
+        if self.fixed_scale is not None and self.fixed_scale <= 0:
+            raise CirlabError(f"combiner fixed_scale must be > 0, got {self.fixed_scale}")
+
+
+ORDERS = ("image-text", "text-image")
 
 
 class Combiner(nn.Module):
@@ -66,17 +83,20 @@ class Combiner(nn.Module):
         self.logit_scale = nn.Parameter(torch.tensor(math.log(1.0 / cfg.temperature)))
 
     def forward(self, image: torch.Tensor, text: torch.Tensor) -> torch.Tensor:
-        image = F.normalize(image.float(), dim=-1)
-        text = F.normalize(text.float(), dim=-1)
+        image, text = image.float(), text.float()
+        if not self.cfg.raw_input:
+            image, text = F.normalize(image, dim=-1), F.normalize(text, dim=-1)
         pi = self.drop(F.relu(self.image_proj(image)))
         pt = self.drop(F.relu(self.text_proj(text)))
-        both = torch.cat([pi, pt], dim=-1)
+        both = torch.cat([pt, pi] if self.cfg.order == "text-image" else [pi, pt], dim=-1)
         fused = self.out(self.drop(F.relu(self.fuse(both))))
         g = torch.sigmoid(self.gate(both))
         return F.normalize(fused + g * text + (1 - g) * image, dim=-1)
 
     def scale(self) -> torch.Tensor:
-        """exp(logit_scale), clamped to at most 100 (temperature >= 0.01) as in CLIP."""
+        """``fixed_scale`` when set; else exp(logit_scale), clamped to at most 100 (temperature >= 0.01) as in CLIP."""
+        if self.cfg.fixed_scale is not None:
+            return torch.tensor(float(self.cfg.fixed_scale), device=self.logit_scale.device)
         return self.logit_scale.clamp(max=math.log(100.0)).exp()
 
 
@@ -116,11 +136,14 @@ class CombinerMethod(Method):
         self.checkpoint = checkpoint
         self.combiner = checkpoint.model.eval()
         self.source = source
+        self.needs_raw = bool(self.combiner.cfg.raw_input)
 
     @torch.no_grad()
     def compose(self, batch: QueryBatch) -> torch.Tensor:
-        text = self.encode_texts(batch.texts)
-        return self.combiner(batch.reference_features.float(), text)
+        if self.needs_raw:
+            return self.combiner(batch.raw_reference_features.float(),
+                                 self.backbone.encode_texts(list(batch.texts), normalize=False))
+        return self.combiner(batch.reference_features.float(), self.encode_texts(batch.texts))
 
     def config(self) -> dict[str, Any]:
         return {"name": self.name, "checkpoint": self.source, "combiner": asdict(self.combiner.cfg),

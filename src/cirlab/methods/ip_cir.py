@@ -14,6 +14,18 @@
 (``rescore_depth`` of them; the retriever passes their stored features). ``balanced_scores`` scores any
 set of gallery features directly.
 
+The authors' CIRCO script (``retrieval_circo.py``) is an option, ``robust="max-ratio"``:
+
+* ``f_aug`` = mean of the normalised features of ``n_proxies`` proxies (seeds ``seed, seed + 1, ...``),
+  ``d`` = mean over caption sets of ``T(c_tgt) - T(c_ref)`` (normalised text features), ``f_src`` the
+  normalised reference feature;
+* ``p = b * (max f_aug / max f_src) * f_src + c * (max f_aug / max d) * d + a * f_aug``, **not**
+  normalised; the maxima are taken over the whole (queries x dimensions) tensor of a batch, as the
+  script does over its one batch of all queries (``official_robust_feature``);
+* the score ``w * s_t + (1 - w) * s_t * s_p`` is the balanced similarity with ``lam = 1 - w``
+  (the script's ``fusion_weight`` w: 0.65 for ViT-L/14, 0.3 for ViT-G/14), over the whole gallery
+  (``whole_gallery=True``: every gallery image is re-scored, not only the text side's top candidates).
+
 Spec ``ip-cir:CONFIG`` (a JSON file or a directory holding ``ip-cir.json``, fields of ``IPCIRConfig``).
 """
 from __future__ import annotations
@@ -47,12 +59,19 @@ class IPCIRConfig:
     lam: float = 0.5                    # weight of the balanced (product) term
     rescore_depth: int = 200            # candidates of the text side that the balanced similarity re-ranks
     seed: int = 0
+    robust: str = "normalized"          # "normalized" (above) or "max-ratio" (the authors' script)
+    n_proxies: int = 1                  # proxies per query (seeds seed .. seed + n - 1), features averaged
+    whole_gallery: bool = False         # re-score every gallery image (the authors' script) instead of the top
 
     def __post_init__(self) -> None:
         if not 0.0 <= self.lam <= 1.0:
             raise CirlabError(f"ip-cir: lam={self.lam}: must be in [0, 1]")
         if self.rescore_depth < 1:
             raise CirlabError(f"ip-cir: rescore_depth={self.rescore_depth}: must be >= 1")
+        if self.robust not in ROBUST_FEATURES:
+            raise CirlabError(f"ip-cir: robust={self.robust!r}: use one of {', '.join(ROBUST_FEATURES)}")
+        if self.n_proxies < 1:
+            raise CirlabError(f"ip-cir: n_proxies={self.n_proxies}: must be >= 1")
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -63,6 +82,19 @@ class IPCIRConfig:
 
     def save(self, path: str | Path) -> Path:
         return _save_config(path, "ip-cir.json", self.to_dict())
+
+
+ROBUST_FEATURES = ("normalized", "max-ratio")
+#: ``rescore_depth`` of a method that re-scores the whole gallery (the retriever caps it at the gallery size)
+WHOLE_GALLERY = 1 << 62
+
+
+def official_robust_feature(f_src: torch.Tensor, f_aug: torch.Tensor, d: torch.Tensor, s_w: float = 1.0,
+                            t_w: float = 1.0, a_w: float = 1.0) -> torch.Tensor:
+    """``s_w * (max f_aug / max f_src) * f_src + t_w * (max f_aug / max d) * d + a_w * f_aug`` (not normalised;
+    each max over the whole tensor), as the authors' retrieval script computes the robust proxy feature."""
+    top = f_aug.max()
+    return s_w * (top / f_src.max()) * f_src + t_w * (top / d.max()) * d + a_w * f_aug
 
 
 def balanced_similarity(text_scores: torch.Tensor, proxy_scores: torch.Tensor, lam: float) -> torch.Tensor:
@@ -84,7 +116,7 @@ class IPCIR(Method):
         self.captioner = captioner or create_captioner(cfg.captioner, backbone)
         self.rewriter = rewriter or create_rewriter(cfg.rewriter)
         self.text_method = None if cfg.text_side == "caption" else create_method(cfg.text_side, backbone)
-        self.rescore_depth = cfg.rescore_depth
+        self.rescore_depth = WHOLE_GALLERY if cfg.whole_gallery else cfg.rescore_depth
         self.needs_pixels = bool(self.generator.needs_pixels or self.captioner.needs_pixels
                                  or (self.text_method is not None and self.text_method.needs_pixels))
 
@@ -100,13 +132,23 @@ class IPCIR(Method):
         return self.encode_texts(self.captions(batch)[1])
 
     @torch.no_grad()
+    def proxy_feature(self, batch: QueryBatch) -> torch.Tensor:
+        """The mean of the normalised features of ``n_proxies`` proxies per query (seeds seed, seed + 1, ...)."""
+        c = self.cfg
+        return torch.stack([proxy_embeddings(self.generator, batch, self.backbone, c.seed + i).cpu()
+                            for i in range(c.n_proxies)]).mean(0)
+
+    @torch.no_grad()
     def robust_proxy(self, batch: QueryBatch) -> torch.Tensor:
-        """``normalize(a * f_p + b * f_ref + c * (T(c_tgt) - T(c_ref)))``."""
+        """``normalize(a * f_p + b * f_ref + c * (T(c_tgt) - T(c_ref)))``, or the authors' max-ratio feature."""
         c = self.cfg
         ref_caps, tgt_caps = self.captions(batch)
-        f_p = proxy_embeddings(self.generator, batch, self.backbone, c.seed).cpu()
+        f_p = self.proxy_feature(batch)
         f_ref = F.normalize(batch.reference_features.float().cpu(), dim=-1)
         pert = self.encode_texts(tgt_caps) - self.encode_texts(ref_caps)
+        if c.robust == "max-ratio":
+            return official_robust_feature(f_ref, f_p, pert, c.reference_weight, c.perturbation_weight,
+                                           c.proxy_weight)
         return F.normalize(c.proxy_weight * f_p + c.reference_weight * f_ref + c.perturbation_weight * pert, dim=-1)
 
     def compose(self, batch: QueryBatch) -> torch.Tensor:
@@ -151,4 +193,4 @@ def _ip_cir(arg: str, backbone: Backbone) -> Method:
     return IPCIR(backbone, IPCIRConfig.load(arg))
 
 
-__all__ = ["IPCIR", "IPCIRConfig", "balanced_similarity"]
+__all__ = ["IPCIR", "IPCIRConfig", "WHOLE_GALLERY", "balanced_similarity", "official_robust_feature"]
