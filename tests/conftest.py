@@ -13,6 +13,7 @@ os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
 # The test models are tiny: one intra-op thread is faster than two, and on a busy 2-core machine two
 # spinning OpenMP threads made them ~30x slower (measured by several test modules that set it alone).
 torch.set_num_threads(1)
+pytest.register_assert_rewrite("serve_helpers")  # its checks are shared by the service tests
 
 
 @pytest.fixture(scope="session", autouse=True)

@@ -4,85 +4,29 @@ from __future__ import annotations
 
 import io
 import resource
-import socket
-import struct
 import threading
 import time
-import zlib
-from pathlib import Path
 
 import httpx
 import numpy as np
 import pytest
-import torch
 import torch.nn.functional as F
-import uvicorn
 from fastapi.testclient import TestClient
 from PIL import Image
 
-from cirlab.backbones import create_backbone
-from cirlab.data import load_dataset
-from cirlab.index import build_index
-from cirlab.retrieval import Retriever
 from cirlab.serve import ServeLimits, create_app
+from serve_helpers import bomb_png, check_ranking, expected_scores, live_server, png_bytes
+
+pytest_plugins = ["serve_helpers"]  # the world and retriever fixtures
 
 LIMITS = ServeLimits(max_upload_bytes=256 * 1024, max_pixels=1_000_000, max_text_chars=80, max_k=20, default_k=5)
 
 
-# ---- fixtures ----------------------------------------------------------------------------
-@pytest.fixture(scope="module")
-def world(small_world):
-    return load_dataset(small_world / "test")
-
-
-@pytest.fixture(scope="module")
-def retriever(world, tiny_config, tmp_path_factory) -> Retriever:
-    backbone = create_backbone("tiny:random", config=tiny_config)
-    d = tmp_path_factory.mktemp("serve-index")
-    index = build_index(backbone, world.gallery, d, progress=False)
-    return Retriever(backbone, index, "sum", {i: str(p) for i, p in zip(world.gallery.ids, world.gallery.paths)})
-
-
+# ---- fixtures (world, retriever: serve_helpers) ------------------------------------------
 @pytest.fixture(scope="module")
 def client(retriever):
-    with TestClient(create_app(retriever, limits=LIMITS)) as c:
+    with TestClient(create_app(retriever, limits=LIMITS), base_url="http://localhost") as c:
         yield c
-
-
-def png_bytes(path: Path) -> bytes:
-    return Path(path).read_bytes()
-
-
-def _chunk(kind: bytes, data: bytes) -> bytes:
-    return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data) & 0xFFFFFFFF)
-
-
-def bomb_png(width: int, height: int) -> bytes:
-    """A valid, all-black 1-bit PNG of width x height, written by hand (a few KB that decode to width*height)."""
-    ihdr = struct.pack(">IIBBBBB", width, height, 1, 0, 0, 0, 0)
-    row = b"\x00" * (1 + (width + 7) // 8)
-    z = zlib.compressobj(9)
-    idat = b"".join(z.compress(row) for _ in range(height)) + z.flush()
-    return b"\x89PNG\r\n\x1a\n" + _chunk(b"IHDR", ihdr) + _chunk(b"IDAT", idat) + _chunk(b"IEND", b"")
-
-
-def expected_scores(retriever: Retriever, query: torch.Tensor) -> dict[str, float]:
-    """Cosine score of every gallery image for one query vector, from the index's stored vectors."""
-    ids = retriever.index.ids
-    vecs = retriever.index.vectors(ids)
-    scores = (vecs @ query).numpy()
-    return dict(zip(ids, scores.tolist()))
-
-
-def check_ranking(results: list[dict], scores: dict[str, float], k: int, exclude: set[str] = frozenset()):
-    """The answer is the top-k of ``scores`` (ties may come in any order)."""
-    want = sorted((s for i, s in scores.items() if i not in exclude), reverse=True)[:k]
-    got = [r["score"] for r in results]
-    assert [r["rank"] for r in results] == list(range(1, k + 1))
-    np.testing.assert_allclose(got, want, atol=1e-5)
-    for r in results:
-        assert r["id"] not in exclude
-        assert r["score"] == pytest.approx(scores[r["id"]], abs=1e-5)
 
 
 # ---- correct answers ---------------------------------------------------------------------
@@ -252,23 +196,8 @@ def test_bomb_is_refused_before_decoding(client):
 @pytest.fixture()
 def live(retriever):
     """The app under uvicorn in a thread, on 127.0.0.1 and a free port; yields its base URL."""
-    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM, socket.IPPROTO_TCP)
-    sock.bind(("127.0.0.1", 0))
-    sock.listen(64)
-    port = sock.getsockname()[1]
-    server = uvicorn.Server(uvicorn.Config(create_app(retriever, limits=LIMITS), log_level="warning"))
-    thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)
-    thread.start()
-    deadline = time.time() + 20
-    while not server.started and time.time() < deadline:
-        time.sleep(0.02)
-    assert server.started, "uvicorn did not start"
-    try:
-        yield f"http://127.0.0.1:{port}"
-    finally:
-        server.should_exit = True
-        thread.join(10)
-        sock.close()
+    with live_server(create_app(retriever, limits=LIMITS)) as url:
+        yield url
 
 
 def test_live_server_keeps_serving_after_bad_requests(live, world):
@@ -387,10 +316,16 @@ def test_offered_methods_are_the_ones_that_run(client, retriever):
     offered = {m["spec"] for m in h["methods"]}
     assert offered.isdisjoint(h["unavailable_methods"])
     assert offered | set(h["unavailable_methods"]) == set(METHODS.names())
-    for spec, why in h["unavailable_methods"].items():  # each was really tried and failed
+    expensive = {spec for spec, why in h["unavailable_methods"].items() if why.startswith("expensive")}
+    assert "searle-oti" in expensive  # runs here, but an optimisation per query: off unless listed
+    for spec, why in h["unavailable_methods"].items():  # each was really tried and failed, or is expensive
+        if spec in expensive:
+            assert retriever.with_method(spec).method.expensive
+            continue
         with pytest.raises(Exception) as e:
             retriever.with_method(spec)
         assert str(e.value) == why
+    assert not any(m["expensive"] for m in h["methods"])
     with pytest.raises(CirlabError, match="'weighted:2'"):
         create_app(retriever, methods=["sum", "weighted:2"])
     app = create_app(retriever, methods=["image", "weighted:0.9"])

@@ -27,15 +27,19 @@ from PIL import Image
 from torch import nn
 from tqdm.auto import tqdm
 
+from ..imaging import DEFAULT_BOUNDS, ImageBounds, check_size, open_image
+
 ImageLike = Union[str, os.PathLike, Image.Image]
 PLACEHOLDER = "$"
 
 
-def load_image(item: ImageLike) -> Image.Image:
+def load_image(item: ImageLike, bounds: ImageBounds = DEFAULT_BOUNDS) -> Image.Image:
+    """An RGB image from a path or a PIL image, refused (``cirlab.imaging.ImageError``) when it is over
+    ``bounds``' pixel count or aspect ratio: a path is checked from its header, before it is decoded."""
     if isinstance(item, Image.Image):
+        check_size(*item.size, bounds)
         return item.convert("RGB")
-    with Image.open(item) as im:
-        return im.convert("RGB")
+    return open_image(item, bounds, exif_transpose=False)  # the pixels as stored, as features always were
 
 
 class Backbone(nn.Module, abc.ABC):

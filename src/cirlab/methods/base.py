@@ -43,6 +43,9 @@ class Method(nn.Module):
     needs_pixels: bool = False
     #: how many index candidates ``rescore`` re-ranks by default (0: the method does not re-score)
     rescore_depth: int = 0
+    #: slow per query (an optimisation or a generation at query time): a server offers it only when it is
+    #: listed explicitly, and runs it in a queue of its own so cheap queries never wait behind it
+    expensive: bool = False
 
     def __init__(self, backbone: Backbone) -> None:
         super().__init__()

@@ -91,6 +91,7 @@ def _save_config(path: str | Path, default_name: str, d: dict[str, Any]) -> Path
 
 class CIG(Method):
     name = "cig"
+    expensive = True  # a generated proxy per query
 
     def __init__(self, backbone: Backbone, cfg: CIGConfig, inversion: PseudoWordMethod | None = None,
                  generator: ProxyGenerator | None = None) -> None:

@@ -104,6 +104,7 @@ def balanced_similarity(text_scores: torch.Tensor, proxy_scores: torch.Tensor, l
 
 class IPCIR(Method):
     name = "ip-cir"
+    expensive = True  # a generated proxy per query, then re-scoring
 
     def __init__(self, backbone: Backbone, cfg: IPCIRConfig, generator: ProxyGenerator | None = None,
                  captioner: Any = None, rewriter: Any = None) -> None:

@@ -8,6 +8,7 @@ arrive while the model is busy are answered together as one batch (``batching.py
 """
 from __future__ import annotations
 
+import logging
 from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any, Callable, Optional, Sequence, TypeVar
@@ -16,20 +17,26 @@ from urllib.parse import quote
 import anyio
 import anyio.to_thread
 from fastapi import FastAPI, File, Form, Query, Request, UploadFile
-from fastapi.exceptions import HTTPException
+from fastapi.exceptions import HTTPException, RequestValidationError
 from fastapi.responses import FileResponse, JSONResponse, Response
 from fastapi.staticfiles import StaticFiles
 from pydantic import BaseModel, Field
+from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from .. import __version__
 from ..errors import CirlabError
+from ..imaging import ImageError
 from ..methods import list_methods
 from ..retrieval import Retriever
+from .access import AccessMiddleware, ServeAccess
 from .batching import MicroBatcher
 from .errors import RequestError
-from .images import ThumbnailCache, decode_upload
+from .images import ThumbnailCache, decode_upload, upload_pixels
 from .limits import ServeLimits
+from .memory import ByteBudget, trim_heap
 from .service import SearchQuery, SearchResult, SearchService
+
+log = logging.getLogger("cirlab.serve")
 
 STATIC_DIR = Path(__file__).parent / "static"
 T = TypeVar("T")
@@ -72,6 +79,7 @@ class SearchResponse(BaseModel):
 class MethodInfo(BaseModel):
     spec: str
     help: str = ""
+    expensive: bool = Field(False, description="runs in the expensive methods' own queue")
 
 
 class Health(BaseModel):
@@ -83,7 +91,7 @@ class Health(BaseModel):
     default_method: str
     methods: list[MethodInfo]
     unavailable_methods: dict[str, str] = Field(description="registered methods this server does not offer, and why")
-    limits: dict[str, int]
+    limits: dict[str, int | float]
     searches: dict[str, int] = Field(description="queries answered, batches they ran in, largest batch, pending")
 
 
@@ -105,18 +113,27 @@ class ErrorBody(BaseModel):
 ERRORS: dict[int | str, dict[str, Any]] = {
     400: {"model": ErrorBody, "description": "bad request (empty text, bad id, corrupt image, ...)"},
     404: {"model": ErrorBody, "description": "unknown image id"},
+    401: {"model": ErrorBody, "description": "a token is needed (when the server has one)"},
+    403: {"model": ErrorBody, "description": "a state-changing request from another origin"},
+    408: {"model": ErrorBody, "description": "the request body stalled"},
     413: {"model": ErrorBody, "description": "upload or image too large"},
     415: {"model": ErrorBody, "description": "upload is not a supported image"},
+    422: {"model": ErrorBody, "description": "a malformed field (e.g. k=abc)"},
+    503: {"model": ErrorBody, "description": "busy: the expensive methods' queue is full"},
 }
 
 
 # ---- ASGI middlewares ------------------------------------------------------------------
 class BodyLimitMiddleware:
-    """Refuses request bodies over ``max_bytes`` with 413, by header or while they stream in."""
+    """Refuses request bodies over ``max_bytes`` with 413, by header or while they stream in, and drops
+    bodies that stall: 408 when no bytes come for ``idle_s`` seconds or the body is not complete within
+    ``deadline_s`` (the connection is then closed, since the rest of the body was never read)."""
 
-    def __init__(self, app: Any, max_bytes: int) -> None:
+    def __init__(self, app: Any, max_bytes: int, idle_s: float = 10.0, deadline_s: float = 60.0) -> None:
         self.app = app
         self.max_bytes = max_bytes
+        self.idle_s = idle_s
+        self.deadline_s = deadline_s
 
     async def __call__(self, scope: dict, receive: Callable, send: Callable) -> None:
         if scope["type"] != "http":
@@ -129,11 +146,22 @@ class BodyLimitMiddleware:
             await JSONResponse({"detail": too_big}, status_code=413)(scope, receive, send)
             return
         seen = 0
+        deadline = anyio.current_time() + self.deadline_s
+        done = False
 
         async def limited_receive() -> dict:
-            nonlocal seen
-            message = await receive()
+            nonlocal seen, done
+            if done:
+                return await receive()  # after the body: only the disconnect message is left
+            wait = min(self.idle_s, deadline - anyio.current_time())
+            with anyio.move_on_after(max(wait, 0)) as scope_:
+                message = await receive()
+            if scope_.cancelled_caught:
+                raise HTTPException(408, f"request body stalled (no complete body within {self.idle_s:g} s of "
+                                         f"silence or {self.deadline_s:g} s in all); the connection is closed",
+                                    headers={"connection": "close"})
             if message["type"] == "http.request":
+                done = not message.get("more_body", False)
                 seen += len(message.get("body", b""))
                 if seen > self.max_bytes:
                     raise HTTPException(413, too_big)
@@ -164,27 +192,41 @@ class SecurityHeadersMiddleware:
 
 # ---- the app ---------------------------------------------------------------------------
 def create_app(retriever: Retriever, methods: Sequence[str] | None = None, limits: ServeLimits | None = None,
-               title: str = "cirlab") -> FastAPI:
+               title: str = "cirlab", access: ServeAccess | None = None) -> FastAPI:
     """A FastAPI app serving ``retriever``'s index; ``methods`` are the method specs clients may pick
-    (default: every registered method that runs without arguments; the retriever's own method is the default)."""
+    (default: every registered method that runs without arguments and is not expensive; the retriever's own
+    method is the default). ``access`` says who may use it (default: requests to a loopback host name, no
+    token, no cross-origin state changes)."""
     limits = limits or ServeLimits()
+    access = access or ServeAccess()
     service = SearchService(retriever, methods, limits)
     thumbs = ThumbnailCache()
-    limiter_box: list[anyio.CapacityLimiter] = []
+    limiters: dict[str, anyio.CapacityLimiter] = {}
 
-    async def run_model(fn: Callable[..., T], *args: Any) -> T:
-        if not limiter_box:
-            limiter_box.append(anyio.CapacityLimiter(limits.model_workers))
-        return await anyio.to_thread.run_sync(fn, *args, limiter=limiter_box[0])
+    def runner(kind: str, size: int) -> Callable[..., Any]:
+        """Run a function in a worker thread, at most ``size`` of this ``kind`` at once."""
+        async def run(fn: Callable[..., T], *args: Any) -> T:
+            if kind not in limiters:  # made inside the event loop
+                limiters[kind] = anyio.CapacityLimiter(size)
+            return await anyio.to_thread.run_sync(fn, *args, limiter=limiters[kind])
+        return run
 
+    run_model = runner("model", limits.model_workers)
+    run_decode = runner("decode", limits.decode_workers)
     batcher = MicroBatcher(service, run_model, workers=limits.model_workers, max_batch=limits.max_batch)
+    slow = MicroBatcher(service, runner("slow", limits.slow_workers), workers=limits.slow_workers,
+                        max_batch=limits.max_batch, max_pending=limits.slow_queue,
+                        name="searches with expensive methods")
+    budget = ByteBudget(limits.decode_budget_mb * 1024 * 1024, on_empty=trim_heap)
 
     @asynccontextmanager
     async def lifespan(app: FastAPI):  # type: ignore[no-untyped-def]
         await batcher.start()
+        await slow.start()
         try:
             yield
         finally:
+            await slow.stop()
             await batcher.stop()
 
     app = FastAPI(title=f"{title} composed image retrieval", version=__version__,
@@ -194,22 +236,48 @@ def create_app(retriever: Retriever, methods: Sequence[str] | None = None, limit
                   lifespan=lifespan)
     app.state.service = service
     app.state.batcher = batcher
+    app.state.slow_batcher = slow
+    app.state.budget = budget
     app.state.limits = limits
-    app.add_middleware(BodyLimitMiddleware, max_bytes=limits.max_upload_bytes + 64 * 1024)
+    app.state.access = access
+    app.add_middleware(BodyLimitMiddleware, max_bytes=limits.max_upload_bytes + 64 * 1024,
+                       idle_s=limits.body_timeout_s, deadline_s=limits.body_deadline_s)
+    app.add_middleware(AccessMiddleware, access=access)
     app.add_middleware(SecurityHeadersMiddleware)
 
     async def answer(reference: str | Any, text: str, k: int, method: str | None) -> SearchResult:
-        if batcher.running:
-            return await batcher.submit(SearchQuery(reference, text, k), method)
+        queue = slow if service.is_expensive(method) else batcher
+        if queue.running:
+            return await queue.submit(SearchQuery(reference, text, k), method)
         return await run_model(service.search, reference, text, k, method)  # served without lifespan events
 
     @app.exception_handler(RequestError)
     async def _request_error(request: Request, exc: RequestError) -> JSONResponse:
-        return JSONResponse({"detail": exc.message}, status_code=exc.status)
+        headers = {"retry-after": "5"} if exc.status == 503 else None
+        return JSONResponse({"detail": exc.message}, status_code=exc.status, headers=headers)
 
     @app.exception_handler(CirlabError)
     async def _cirlab_error(request: Request, exc: CirlabError) -> JSONResponse:
         return JSONResponse({"detail": str(exc)}, status_code=400)
+
+    @app.exception_handler(RequestValidationError)
+    async def _validation_error(request: Request, exc: RequestValidationError) -> JSONResponse:
+        parts = []
+        for err in exc.errors():
+            field = ".".join(str(x) for x in err.get("loc", ())[1:]) or "request"
+            got = f" (got {err['input']!r:.60})" if isinstance(err.get("input"), (str, int, float)) else ""
+            parts.append(f"{field}: {err.get('msg', 'invalid')}{got}")
+        return JSONResponse({"detail": "; ".join(parts) or "invalid request"}, status_code=422)
+
+    @app.exception_handler(StarletteHTTPException)
+    async def _http_error(request: Request, exc: StarletteHTTPException) -> JSONResponse:
+        return JSONResponse({"detail": str(exc.detail)}, status_code=exc.status_code, headers=exc.headers)
+
+    @app.exception_handler(Exception)
+    async def _server_error(request: Request, exc: Exception) -> JSONResponse:
+        log.exception("internal error answering %s %s", request.method, request.url.path)
+        return JSONResponse({"detail": f"internal server error ({type(exc).__name__}); the server log has the "
+                                       "details"}, status_code=500)
 
     def url_of(request: Request, image_id: str, size: int | None = None) -> str:
         root = request.scope.get("root_path", "").rstrip("/")
@@ -226,15 +294,20 @@ def create_app(retriever: Retriever, methods: Sequence[str] | None = None, limit
         described = list_methods()
         return Health(status="ok", version=__version__, images=service.size, backbone=retriever.backbone.spec,
                       index=retriever.index.spec, default_method=service.default_method,
-                      methods=[MethodInfo(spec=m, help=described.get(m.partition(":")[0], ""))
+                      methods=[MethodInfo(spec=m, help=described.get(m.partition(":")[0], ""),
+                                          expensive=service.is_expensive(m))
                                for m in service.methods],
                       unavailable_methods=service.unavailable,
                       limits={"max_upload_bytes": limits.max_upload_bytes, "max_pixels": limits.max_pixels,
-                              "max_text_chars": limits.max_text_chars, "max_k": limits.max_k,
-                              "default_k": limits.default_k},
-                      searches={**batcher.stats.as_dict(), "pending": batcher.pending})
+                              "max_aspect": limits.max_aspect, "max_text_chars": limits.max_text_chars,
+                              "max_k": limits.max_k, "default_k": limits.default_k},
+                      searches={**batcher.stats.as_dict(), "pending": batcher.pending,
+                                "expensive_queries": slow.stats.queries, "expensive_pending": slow.pending,
+                                "uploads_waiting_for_memory": budget.waiting,
+                                "decoded_bytes_in_flight": budget.used, "decoded_bytes_peak": budget.peak})
 
-    @app.get("/gallery", response_model=GalleryPage, summary="a page of gallery ids with thumbnail URLs")
+    @app.get("/gallery", response_model=GalleryPage, responses=ERRORS,
+             summary="a page of gallery ids with thumbnail URLs")
     async def gallery(request: Request, offset: int = Query(0, ge=0), limit: int = Query(24, ge=1, le=200)
                       ) -> GalleryPage:
         ids = service.gallery_ids()
@@ -242,15 +315,23 @@ def create_app(retriever: Retriever, methods: Sequence[str] | None = None, limit
                            items=[GalleryItem(id=i, thumbnail=url_of(request, i, limits.thumbnail_size))
                                   for i in ids[offset:offset + limit]])
 
-    @app.get("/images/{image_id:path}", name="image", responses={200: {"content": {"image/png": {}}}, **ERRORS},
+    @app.get("/images/{image_id:path}", name="image",
+             responses={200: {"content": {"image/png": {}}}, **ERRORS,
+                        500: {"model": ErrorBody, "description": "the gallery file cannot be read"}},
              response_class=Response, summary="a gallery image (by id only), optionally as a thumbnail")
-    def image(image_id: str, size: Optional[int] = Query(None, ge=16, le=limits.max_thumbnail_size,
-                                                         description="fit into size x size pixels")) -> Response:
+    async def image(image_id: str, size: Optional[int] = Query(None, ge=16, le=limits.max_thumbnail_size,
+                                                               description="fit into size x size pixels")
+                    ) -> Response:
         path = service.image_path(image_id)  # ids are looked up, never used as paths
         headers = {"Cache-Control": "public, max-age=3600"}
         if size is None:
             return FileResponse(path, headers=headers)
-        data, media = thumbs.get(path, size)
+        try:
+            data, media = await run_decode(thumbs.get, path, size, limits.gallery_bounds,
+                                           f"gallery image {image_id!r}")
+        except ImageError as e:
+            log.error("thumbnail of %s (%s): %s", image_id, path, e)
+            raise RequestError(500, f"{e} (the server's gallery file cannot be shown)") from None
         return Response(data, media_type=media, headers=headers)
 
     @app.post("/search", response_model=SearchResponse, responses=ERRORS,
@@ -274,11 +355,14 @@ def create_app(retriever: Retriever, methods: Sequence[str] | None = None, limit
         service.check_method(method)
         upload: UploadInfo | None = None
         if image is not None:
-            data = await image.read(limits.max_upload_bytes + 1)
-            name = image.filename or "image"
-            decoded = await run_model(decode_upload, data, limits, f"image {name!r}")
-            upload = UploadInfo(filename=image.filename, width=decoded.width, height=decoded.height)
-            result = await answer(decoded, text, k, method)
+            name = f"image {image.filename or 'image'!r}"
+            # the header gives the decoded size; the upload waits (spooled on disk) until that much memory is free
+            pixels = await run_decode(upload_pixels, image.file, limits, name)
+            async with budget.hold(limits.decode_cost(pixels)):
+                decoded = await run_decode(decode_upload, image.file, limits, name)
+                upload = UploadInfo(filename=image.filename, width=decoded.width, height=decoded.height)
+                result = await answer(decoded, text, k, method)
+                del decoded
         else:
             assert reference_id is not None
             result = await answer(reference_id, text, k, method)

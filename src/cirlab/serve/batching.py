@@ -16,6 +16,7 @@ from collections import defaultdict
 from dataclasses import dataclass, field
 from typing import Any, Awaitable, Callable
 
+from .errors import RequestError
 from .service import SearchQuery, SearchResult, SearchService
 
 RunInThread = Callable[..., Awaitable[Any]]
@@ -40,8 +41,12 @@ class _Item:
 
 class MicroBatcher:
     def __init__(self, service: SearchService, run_in_thread: RunInThread, workers: int = 2,
-                 max_batch: int = 32, wait_ms: float = 2.0) -> None:
+                 max_batch: int = 32, wait_ms: float = 2.0, max_pending: int | None = None,
+                 name: str = "searches") -> None:
         self.service = service
+        #: searches that may wait for a worker; more are refused with 503 (``None``: no bound)
+        self.max_pending = max_pending
+        self.name = name
         self.run_in_thread = run_in_thread
         self.workers = workers
         self.max_batch = max_batch
@@ -76,6 +81,9 @@ class MicroBatcher:
 
     async def submit(self, query: SearchQuery, method: str | None) -> SearchResult:
         assert self._queue is not None, "MicroBatcher.start() was not called"
+        if self.max_pending is not None and self._queue.qsize() >= self.max_pending:
+            raise RequestError(503, f"busy: {self._queue.qsize()} {self.name} are already waiting (the limit is "
+                                    f"{self.max_pending}); retry later")
         future = asyncio.get_running_loop().create_future()
         self._queue.put_nowait(_Item(query, method, future))
         return await future

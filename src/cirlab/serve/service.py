@@ -37,9 +37,11 @@ class SearchService:
     sharing the retriever's backbone and index (a spec that cannot run raises
     ``CirlabError``). By default every registered method is tried and those that
     cannot run on this backbone without arguments (e.g. they need a trained
-    checkpoint) are left out, with the reason in ``unavailable``. The retriever's
-    own method is always offered and is the default. A client can only pick from
-    this list, so it cannot pass method arguments (which may name files) of its own.
+    checkpoint) are left out, with the reason in ``unavailable``; so are expensive
+    methods (``Method.expensive``: an optimisation or a generation per query), which
+    are offered only when listed. The retriever's own method is always offered and is
+    the default. A client can only pick from this list, so it cannot pass method
+    arguments (which may name files) of its own.
     """
 
     def __init__(self, retriever: Retriever, methods: Sequence[str] | None = None,
@@ -53,11 +55,16 @@ class SearchService:
             if spec in self._retrievers:
                 continue
             try:
-                self._retrievers[spec] = retriever.with_method(spec)
+                made = retriever.with_method(spec)
             except Exception as e:  # noqa: BLE001 (any failure means: not offered)
                 if methods is not None:
                     raise CirlabError(f"method {spec!r} cannot run on this index: {e}") from None
                 self.unavailable[spec] = str(e)
+                continue
+            if methods is None and made.method.expensive:
+                self.unavailable[spec] = f"expensive per query: offered only when listed (--methods ...,{spec})"
+                continue
+            self._retrievers[spec] = made
         self.methods = list(self._retrievers)
         self._id_list = retriever.index.ids  # the index does not change while serving
         self._ids = set(self._id_list) | set(retriever.paths)
@@ -102,6 +109,10 @@ class SearchService:
     def retriever(self, method: str | None) -> Retriever:
         """The retriever for ``method`` (all share one backbone and index)."""
         return self._retrievers[self.check_method(method)]
+
+    def is_expensive(self, method: str | None) -> bool:
+        """Whether ``method`` (an offered spec, or the default) runs in the expensive methods' queue."""
+        return bool(self.retriever(method).method.expensive)
 
     def check_query(self, text: str, k: int) -> tuple[str, int]:
         text = (text or "").strip()

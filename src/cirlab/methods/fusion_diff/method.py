@@ -53,6 +53,7 @@ def load_spec(arg: str, backbone: Backbone) -> tuple[FusionDiffCheckpoint, Sampl
 
 class FusionDiffMethod(Method):
     name = KIND
+    expensive = True  # diffusion sampling per query
 
     def __init__(self, backbone: Backbone, checkpoint: FusionDiffCheckpoint, sampling: SamplingConfig,
                  source: str = "") -> None:

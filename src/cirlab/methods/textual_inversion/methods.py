@@ -65,6 +65,7 @@ class SearleOTI(PseudoWordMethod):
     """SEARLE-OTI: optimise a token for each reference at query time (no training; slow)."""
 
     name = "searle-oti"
+    expensive = True  # an optimisation per query
 
     def __init__(self, backbone: Backbone, cfg: OTIConfig | None = None, prompts: PromptTemplates | None = None,
                  vocab: ConceptVocabulary | None = None) -> None:
