@@ -131,7 +131,7 @@ def tiny_sd_pipeline(out: Path) -> Path:
 
     out.mkdir(parents=True, exist_ok=True)
     vocab = {"<|startoftext|>": 0, "<|endoftext|>": 1}
-    for ch in [chr(c) for c in range(97, 123)] + list(",.'0123456789"):
+    for ch in [chr(c) for c in range(97, 123)] + list(",.'0123456789$"):
         for t in (ch, ch + "</w>"):
             vocab.setdefault(t, len(vocab))
     (out / "vocab.json").write_text(json.dumps(vocab))

@@ -171,15 +171,22 @@ register(ZooEntry(
     name="cig:vit-l14", method="cig:{config}", backbone=HF_L14, paper=CIG_PAPER,
     weights=(WeightFile("phi", "SEARLE_ViT-L14.pt", url=SEARLE_RELEASE + "SEARLE_ViT-L14.pt",
                         source="torch.hub miccunifi/SEARLE", importer="searle"),
+             WeightFile("gen_phi", "lincir_large.pt",
+                        url="https://huggingface.co/navervision/zeroshot-cir-models/resolve/main/lincir_large.pt",
+                        source="https://huggingface.co/navervision/zeroshot-cir-models", importer="lincir"),
              WeightFile("generator", "cig-sdxl",
                         source="https://drive.google.com/drive/folders/1hpIpI0X26ox-uY-QdOPKDKKZlnWkftIA "
                                "(a diffusers pipeline directory)")),
     preprocessing="targetpad:1.25",
-    method_config={"inversion": "searle:{phi}", "generator": "diffusers:{generator}", "weight": 0.5, "seed": 1600},
+    method_config={"inversion": "searle:{phi}", "generator": "diffusers:{generator},phi={gen_phi},steps=50,size=512",
+                   "weight": 0.5, "seed": 1600},
     presets={"cirr": {"template": "{caption}", "config": {"weight": 0.5}},
              "circo": {"template": "{caption}", "config": {"weight": 0.7}}},
     notes="Retrieval with SEARLE's phi; the fine-tuned SDXL pipeline imagines the target (512 px, 50 steps, "
-          "seed 1600). Fusion weight 0.5 on CIRR, 0.7 on CIRCO. Published numbers not recorded."))
+          "seed 1600) from LinCIR pseudo-token prompt embeddings. cirlab's pseudo-token prompting encodes with "
+          "the pipeline's one text encoder (SD-style); SDXL's second encoder and pooled embedding are not "
+          "built, so this entry does not yet run the authors' SDXL pipeline. Fusion weight 0.5 on CIRR, 0.7 on "
+          "CIRCO. Published numbers not recorded."))
 
 register(ZooEntry(
     name="ip-cir:vit-l14", method="ip-cir:{config}", backbone=HF_L14, paper=IPCIR_PAPER,

@@ -99,17 +99,58 @@ def _world_render(arg: str, backbone: Backbone) -> WorldRenderGenerator:
 
 
 class DiffusersGenerator:
-    """A diffusers text-to-image pipeline as a proxy generator (one image per query)."""
+    """A diffusers text-to-image pipeline as a proxy generator (one image per query).
+
+    With ``phi`` (a pseudo-word mapping from the backbone's image features to the pipeline text encoder's
+    token space, as CIG's generator uses LinCIR's), the pipeline is not prompted with text: the query
+    template ``template`` ("a photo of $ that {caption}") is encoded by the pipeline's own text encoder with
+    the placeholder's token embedding replaced by ``phi(reference feature)``, and those hidden states are
+    passed as ``prompt_embeds``.
+    """
 
     kind = "pixels"
     needs_pixels = False
 
     def __init__(self, pipeline: Any, steps: int = 20, guidance: float = 7.5, size: int | None = None,
-                 source: str = "", batch_size: int = 16) -> None:
+                 source: str = "", batch_size: int = 16, phi: Any = None, phi_source: str = "",
+                 template: str = "a photo of $ that {caption}") -> None:
         self.pipeline, self.steps, self.guidance, self.size, self.source = pipeline, steps, guidance, size, source
         self.batch_size = batch_size
+        self.phi, self.phi_source, self.template = phi, phi_source, template
+        self._injector = None
         if hasattr(pipeline, "set_progress_bar_config"):
             pipeline.set_progress_bar_config(disable=True)
+        if phi is not None:
+            self._setup_pseudo()
+
+    def _setup_pseudo(self) -> None:
+        from ...backbones.inject import TokenInjector, pick_placeholder
+
+        pipe = self.pipeline
+        emb = pipe.text_encoder.get_input_embeddings()
+        if self.phi.cfg.out_dim != emb.weight.shape[1]:
+            raise CirlabError(f"diffusers generator: phi {self.phi_source} maps to {self.phi.cfg.out_dim}-d tokens but "
+                              f"the pipeline's text encoder embeds tokens in {emb.weight.shape[1]} dimensions")
+        if "{caption}" not in self.template or "$" not in self.template:
+            raise CirlabError(f"diffusers generator: template {self.template!r} needs '$' and '{{caption}}'")
+        self.placeholder, self.placeholder_id = pick_placeholder(pipe.tokenizer, ("$", "*", "@", "§"))
+        if self.placeholder_id is None:
+            raise CirlabError("diffusers generator: the pipeline's tokenizer has no single-token placeholder "
+                              "among $ * @ §")
+        self._injector = TokenInjector(emb)
+
+    @torch.no_grad()
+    def prompt_embeds(self, batch: QueryBatch) -> torch.Tensor:
+        """(N, L, width) hidden states of the query template with the pseudo token of each reference."""
+        pipe = self.pipeline
+        texts = [self.template.replace("$", self.placeholder).format(caption=t) for t in batch.texts]
+        ids = pipe.tokenizer(texts, padding="max_length", max_length=pipe.tokenizer.model_max_length,
+                             truncation=True, return_tensors="pt").input_ids
+        p0 = next(self.phi.parameters())
+        pseudo = self.phi(batch.reference_features.to(device=p0.device, dtype=p0.dtype))
+        te = pipe.text_encoder
+        with self._injector.active(ids == self.placeholder_id, pseudo):
+            return te(ids.to(te.device))[0]
 
     @classmethod
     def load(cls, directory: str, **kw: Any) -> DiffusersGenerator:
@@ -137,29 +178,54 @@ class DiffusersGenerator:
 
     @torch.no_grad()
     def generate(self, batch: QueryBatch, seed: int = 0) -> list[Image.Image]:
-        prompts = self.prompts(batch)
         kw: dict[str, Any] = {"num_inference_steps": self.steps, "guidance_scale": self.guidance,
                               "generator": torch.Generator().manual_seed(seed), "output_type": "pil"}
         if self.size:
             kw["height"] = kw["width"] = self.size
+        if self.phi is not None:
+            embeds = self.prompt_embeds(batch)
+            chunks = [{"prompt_embeds": embeds[lo:lo + self.batch_size]} for lo in range(0, len(batch), self.batch_size)]
+        else:
+            prompts = self.prompts(batch)
+            chunks = [{"prompt": prompts[lo:lo + self.batch_size]} for lo in range(0, len(prompts), self.batch_size)]
         out: list[Image.Image] = []
-        for lo in range(0, len(prompts), self.batch_size):   # one generator: the chunks continue its stream
-            out += list(self.pipeline(prompts[lo:lo + self.batch_size], **kw).images)
+        for chunk in chunks:   # one generator: the chunks continue its stream
+            out += list(self.pipeline(**chunk, **kw).images)
         return out
 
     def config(self) -> dict[str, Any]:
-        return {"name": "diffusers", "pipeline": self.source, "steps": self.steps, "guidance": self.guidance,
-                "size": self.size}
+        out = {"name": "diffusers", "pipeline": self.source, "steps": self.steps, "guidance": self.guidance,
+               "size": self.size}
+        if self.phi is not None:
+            out.update({"phi": self.phi_source, "template": self.template})
+        return out
 
 
 @PROXY_GENERATORS.register("diffusers", help="a diffusers text-to-image pipeline directory; "
-                                             "diffusers:DIR[,steps=N,guidance=G,size=S,batch_size=B]")
+                                             "diffusers:DIR[,steps=N,guidance=G,size=S,batch_size=B,phi=CKPT]: "
+                                             "phi prompts it with pseudo-token embeddings (CIG)")
 def _diffusers(arg: str, backbone: Backbone) -> DiffusersGenerator:
-    src, opts = parse_options(arg, {"steps": int, "guidance": float, "size": int, "batch_size": int},
+    src, opts = parse_options(arg, {"steps": int, "guidance": float, "size": int, "batch_size": int, "phi": str},
                               "diffusers generator")
     if not src:
         raise CirlabError("diffusers generator: give a pipeline directory, e.g. diffusers:/models/sd-cig")
+    if opts.get("phi"):
+        opts["phi_source"] = opts["phi"]
+        opts["phi"] = load_phi(opts["phi"])
     return DiffusersGenerator.load(src, **opts)
+
+
+def load_phi(directory: str) -> Any:
+    """The phi of any pseudo-word checkpoint directory (searle, lincir, pic2word), whatever backbone it names."""
+    import json
+    from pathlib import Path
+
+    from ..textual_inversion.phi import load_checkpoint
+
+    cfg = Path(directory) / "config.json"
+    if not cfg.is_file():
+        raise CirlabError(f"diffusers generator: phi={directory}: no config.json (a pseudo-word checkpoint directory)")
+    return load_checkpoint(directory, str(json.loads(cfg.read_text()).get("method", ""))).phi
 
 
 __all__ = ["REFERENCE_CAPTIONS", "TARGET_CAPTIONS", "DiffusersGenerator", "WorldRenderGenerator", "composed_prompt", "imagine_captions"]
