@@ -2,38 +2,32 @@
 
 ``create_backbone("tiny:world")`` -> the shipped tiny backbone trained on the built-in world;
 ``create_backbone("tiny:/path/to/dir")`` -> a tiny checkpoint directory.
-Other kinds (``hf:``, ``openclip:``, ``conse:``) register themselves the same way.
+Other kinds (``hf:``, ``openclip:``, ``conse:``) are declared here and registered by their module
+when first used, so listing them (``cirlab backbones``) imports neither torch nor their dependencies.
 """
 from __future__ import annotations
 
+from typing import TYPE_CHECKING, Any
+
 from ..registry import Registry, split_spec
-from .base import PLACEHOLDER, Backbone, load_image
 
-BACKBONES: Registry[Backbone] = Registry("backbone")
+if TYPE_CHECKING:
+    from .base import Backbone
 
-# kinds register on import
-from . import tiny as _tiny  # noqa: E402,F401
+BACKBONES: "Registry[Backbone]" = Registry("backbone")
 
-_OPTIONAL_KINDS = {"hf": "hf", "openclip": "openclip", "conse": "conse"}
-
-
-def _ensure_kind(kind: str) -> None:
-    if kind in BACKBONES or kind not in _OPTIONAL_KINDS:
-        return
-    import importlib
-
-    try:
-        importlib.import_module(f"{__name__}.{_OPTIONAL_KINDS[kind]}")
-    except ModuleNotFoundError as e:  # the module itself or an optional dependency is missing
-        if e.name and e.name.startswith(__name__):
-            return
-        raise
+# kind -> (module that registers it, one-line help)
+BACKBONES.declare_all(__name__, {
+    "tiny": ("tiny", "small ViT + text transformer (tiny:world = shipped, tiny:<dir>, tiny:random)"),
+    "hf": ("hf", "transformers CLIP/SigLIP (hf:<hub id> or hf:<local dir>)"),
+    "openclip": ("openclip", "OpenCLIP (openclip:ViT-L-14/openai, openclip:<dir>, openclip:hf-hub:org/repo)"),
+    "conse": ("conse", "offline real photos: EfficientNet-Lite0 classes -> MiniLM text space (conse:, conse:k=N)"),
+})
 
 
-def create_backbone(spec: str, device: str | None = None, **kwargs) -> Backbone:
+def create_backbone(spec: str, device: str | None = None, **kwargs: Any) -> "Backbone":
     """Create a backbone from ``"kind:argument"`` (e.g. ``"tiny:world"``)."""
     kind, arg = split_spec(spec)
-    _ensure_kind(kind)
     model = BACKBONES.get(kind)(arg, **kwargs)
     model.spec = spec
     model.eval()
@@ -43,12 +37,15 @@ def create_backbone(spec: str, device: str | None = None, **kwargs) -> Backbone:
 
 
 def list_backbones() -> dict[str, str]:
-    for kind in _OPTIONAL_KINDS:
-        try:
-            _ensure_kind(kind)
-        except ImportError:
-            pass
     return BACKBONES.describe()
+
+
+def __getattr__(name: str) -> Any:  # the torch-backed names, imported on first use
+    if name in ("Backbone", "PLACEHOLDER", "load_image"):
+        from . import base
+
+        return getattr(base, name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
 __all__ = ["BACKBONES", "Backbone", "PLACEHOLDER", "create_backbone", "list_backbones", "load_image"]

@@ -228,7 +228,7 @@ class ConseBackbone(Backbone):
         return {**super().describe(), "top_k": self.config.top_k, "classes": len(self.class_names)}
 
 
-@BACKBONES.register("conse", help="offline real photos: EfficientNet-Lite0 classes -> MiniLM text space (conse:, conse:k=N)")
+@BACKBONES.register("conse")
 def create_conse(arg: str, config: ConseConfig | None = None) -> ConseBackbone:
     return ConseBackbone(config or ConseConfig.from_spec(arg))
 

@@ -185,7 +185,7 @@ def load_hf(source: str, dtype: torch.dtype | str | None = None, revision: str |
     return HFBackbone(model, processor, tokenizer, source)
 
 
-@BACKBONES.register("hf", help="transformers CLIP/SigLIP (hf:<hub id> or hf:<local dir>)")
+@BACKBONES.register("hf")
 def create_hf(arg: str, dtype: torch.dtype | str | None = None, revision: str | None = None) -> HFBackbone:
     if not arg:
         raise CirlabError("hf backbone needs a hub id or a directory, e.g. hf:openai/clip-vit-base-patch32")

@@ -143,7 +143,7 @@ class OpenClipBackbone(Backbone):
         return d
 
 
-@BACKBONES.register("openclip", help="OpenCLIP (openclip:ViT-L-14/openai, openclip:<dir>, openclip:hf-hub:org/repo)")
+@BACKBONES.register("openclip")
 def create_openclip(arg: str, **model_kwargs: Any) -> OpenClipBackbone:
     if not arg:
         raise CirlabError("openclip backbone needs a model, e.g. openclip:ViT-B-32/openai or openclip:/path/to/dir")

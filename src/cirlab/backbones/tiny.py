@@ -217,7 +217,7 @@ class TinyBackbone(Backbone):
 SHIPPED = {"world": ASSETS / "tiny-world"}
 
 
-@BACKBONES.register("tiny", help="small ViT + text transformer (tiny:world = shipped, tiny:<dir>, tiny:random)")
+@BACKBONES.register("tiny")
 def create_tiny(arg: str, config: TinyConfig | None = None, seed: int = 0) -> TinyBackbone:
     if arg in ("", "random"):
         torch.manual_seed(seed)

@@ -5,17 +5,19 @@ import argparse
 import hashlib
 import os
 from pathlib import Path
-from typing import Any, Sequence
+from typing import TYPE_CHECKING, Any, Sequence
 
-from ..data import CIRDataset, Gallery, load_dataset, read_gallery
 from ..errors import CirlabError
+
+if TYPE_CHECKING:
+    from ..data import CIRDataset, Gallery
 
 
 def cache_root() -> Path:
     return Path(os.environ.get("CIRLAB_CACHE", Path.home() / ".cache" / "cirlab"))
 
 
-def default_index_dir(gallery: Gallery, backbone_spec: str) -> Path:
+def default_index_dir(gallery: "Gallery", backbone_spec: str) -> Path:
     h = hashlib.sha256(("\n".join(str(p.resolve()) for p in gallery.paths) + "|" + backbone_spec).encode())
     slug = "".join(c if c.isalnum() else "-" for c in backbone_spec)[:40]
     return cache_root() / "indexes" / f"{slug}-{h.hexdigest()[:12]}"
@@ -59,13 +61,17 @@ def write_text_atomic(path: Path, text: str) -> None:
     tmp.replace(path)
 
 
-def open_gallery(source: Path) -> Gallery:
+def open_gallery(source: Path) -> "Gallery":
+    from ..data import read_gallery
+
     if not source.exists():
         raise CirlabError(f"{source}: no such gallery (give a dataset directory, a gallery.jsonl or an image folder)")
     return read_gallery(source)
 
 
-def open_dataset(path: Path) -> CIRDataset:
+def open_dataset(path: Path) -> "CIRDataset":
+    from ..data import load_dataset
+
     if not path.exists():
         raise CirlabError(f"{path}: no such dataset directory")
     return load_dataset(path)

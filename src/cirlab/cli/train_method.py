@@ -5,7 +5,7 @@ import argparse
 import json
 from pathlib import Path
 
-from ..train.textual_inversion import TRAINERS
+from ..errors import CirlabError
 
 
 def register_method_training(tsub: argparse._SubParsersAction) -> None:
@@ -13,7 +13,7 @@ def register_method_training(tsub: argparse._SubParsersAction) -> None:
                         description="Train on a dataset's gallery images (pic2word, searle) or captions (lincir) "
                                     "with the backbone frozen; never reads triplets. Load the result with "
                                     "--methods NAME:OUT.")
-    m.add_argument("name", choices=sorted(TRAINERS), help="which method")
+    m.add_argument("name", help="which method: pic2word, searle or lincir")
     m.add_argument("--data", required=True, type=Path, help="dataset directory or gallery (images / captions)")
     m.add_argument("--out", required=True, type=Path, help="checkpoint directory (config.json + model.safetensors)")
     m.add_argument("--backbone", default="tiny:world", help="frozen backbone spec")
@@ -39,7 +39,10 @@ def register_method_training(tsub: argparse._SubParsersAction) -> None:
 def run_method_training(args: argparse.Namespace) -> int:
     from ..backbones import create_backbone
     from ..methods.textual_inversion.oti import OTIConfig
-    from ..train.textual_inversion import MethodTrainConfig, TrainingData, train_method
+    from ..train.textual_inversion import TRAINERS, MethodTrainConfig, TrainingData, train_method
+
+    if args.name not in TRAINERS:  # before the backbone loads
+        raise CirlabError(f"cirlab train method {args.name!r}: unknown method; known: {', '.join(sorted(TRAINERS))}")
 
     cfg = MethodTrainConfig(method=args.name, steps=args.steps, batch_size=args.batch_size, lr=args.lr,
                             hidden=args.hidden, prompts=args.prompts, temperature=args.temperature, noise=args.noise,

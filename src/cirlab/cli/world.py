@@ -4,8 +4,10 @@ from __future__ import annotations
 import argparse
 import json
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-from ..world import SPLITS, WorldConfig, generate_world
+if TYPE_CHECKING:
+    from ..world import WorldConfig
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -16,13 +18,15 @@ def register(sub: argparse._SubParsersAction) -> None:
     g.add_argument("--out", required=True, type=Path, help="output directory (one sub-directory per split)")
     g.add_argument("--seed", type=int, default=0)
     g.add_argument("--resolution", type=int, default=64, help="image side in pixels")
-    g.add_argument("--splits", default=",".join(SPLITS), help="comma-separated subset of train,val,test")
+    g.add_argument("--splits", default=None, help="comma-separated subset of train,val,test (default: all)")
     g.add_argument("--queries", type=int, default=None, help="test queries (train/val scale with it); default 2000")
     g.add_argument("--config", type=Path, default=None, help="a JSON WorldConfig (overrides the flags)")
     g.set_defaults(func=run_generate)
 
 
-def world_config(args: argparse.Namespace) -> WorldConfig:
+def world_config(args: argparse.Namespace) -> "WorldConfig":
+    from ..world import WorldConfig
+
     if args.config:
         return WorldConfig.from_dict(json.loads(args.config.read_text()))
     cfg = WorldConfig(seed=args.seed, resolution=args.resolution)
@@ -32,7 +36,9 @@ def world_config(args: argparse.Namespace) -> WorldConfig:
 
 
 def run_generate(args: argparse.Namespace) -> int:
-    splits = tuple(s.strip() for s in args.splits.split(",") if s.strip())
+    from ..world import SPLITS, generate_world
+
+    splits = tuple(s.strip() for s in (args.splits or ",".join(SPLITS)).split(",") if s.strip())
     bad = [s for s in splits if s not in SPLITS]
     if bad:
         from ..errors import CirlabError

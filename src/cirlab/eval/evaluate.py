@@ -3,13 +3,15 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from tqdm.auto import tqdm
 
 from ..data.record import CIRDataset
-from ..retrieval import Retriever
 from .metrics import grouped_metrics
+
+if TYPE_CHECKING:  # torch-backed: imported where used, so the metrics import without torch
+    from ..retrieval import Retriever
 
 RANK_DEPTH = 50
 
@@ -29,7 +31,7 @@ class EvalResult:
                 "per_kind": self.per_kind, "config": self.config, "seconds": round(self.seconds, 2)}
 
 
-def evaluate(retriever: Retriever, dataset: CIRDataset, *, exclude_reference: bool = True, batch_size: int = 256,
+def evaluate(retriever: "Retriever", dataset: CIRDataset, *, exclude_reference: bool = True, batch_size: int = 256,
              depth: int = RANK_DEPTH, rescore_depth: int | None = None, progress: bool = True) -> EvalResult:
     """Rank the gallery for every triplet with ground truth and compute metrics per edit kind.
 
@@ -68,6 +70,7 @@ def evaluate_methods(dataset: CIRDataset, backbone: Any, methods: list[str], ind
     see ``build_index``) and evaluate each method."""
     from ..index import build_index
     from ..methods import create_method
+    from ..retrieval import Retriever
 
     # methods first: a bad spec or checkpoint fails before the (long) gallery encoding
     created = [create_method(m, backbone) for m in methods]

@@ -53,22 +53,22 @@ class Sum(WeightedAverage):
         return {"name": self.name}
 
 
-@METHODS.register("image", help="reference image feature only")
+@METHODS.register("image")
 def _image(arg: str, backbone: Backbone) -> Method:
     return ImageOnly(backbone)
 
 
-@METHODS.register("text", help="modification text feature only")
+@METHODS.register("text")
 def _text(arg: str, backbone: Backbone) -> Method:
     return TextOnly(backbone)
 
 
-@METHODS.register("sum", help="normalised sum of image and text features")
+@METHODS.register("sum")
 def _sum(arg: str, backbone: Backbone) -> Method:
     return Sum(backbone)
 
 
-@METHODS.register("weighted", help="weighted average; 'weighted:0.7' gives the text weight 0.7")
+@METHODS.register("weighted")
 def _weighted(arg: str, backbone: Backbone) -> Method:
     try:
         w = float(arg) if arg else 0.6

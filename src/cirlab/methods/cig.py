@@ -154,8 +154,7 @@ class CIG(Method):
         return out
 
 
-@METHODS.register("cig", help="CIG: pseudo-target from a proxy generator, inverted to a token, fused with the "
-                              "query's inversion; cig:CONFIG.json (inversion, generator, weight)")
+@METHODS.register("cig")
 def _cig(arg: str, backbone: Backbone) -> Method:
     if not arg:
         raise CirlabError("cig: give a config, e.g. cig:runs/cig/cig.json "

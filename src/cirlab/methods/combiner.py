@@ -151,6 +151,6 @@ class CombinerMethod(Method):
                 "training": {k: v for k, v in self.checkpoint.training.items() if k != "log"}}
 
 
-@METHODS.register(KIND, help="Combiner (CLIP4Cir-style fusion, supervised); combiner:CHECKPOINT_DIR")
+@METHODS.register(KIND)
 def _combiner(arg: str, backbone: Backbone) -> Method:
     return CombinerMethod(backbone, load_combiner(arg, backbone), arg)

@@ -42,6 +42,8 @@ PROXY_GENERATORS: Registry = Registry("proxy generator")
 
 def create_proxy_generator(spec: str, backbone: Backbone) -> ProxyGenerator:
     """``create_proxy_generator("fusion-diff:ckpt/", backbone)``; factories take ``(arg, backbone=...)``."""
+    from . import fusion_diff, proxies  # noqa: F401  (their modules register the generators)
+
     name, arg = split_spec(spec)
     gen = PROXY_GENERATORS.get(name)(arg, backbone=backbone)
     gen.spec = spec

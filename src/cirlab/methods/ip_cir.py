@@ -185,8 +185,7 @@ class IPCIR(Method):
         return out
 
 
-@METHODS.register("ip-cir", help="IP-CIR (training-free): imagined proxy + robust proxy feature + balanced "
-                                 "similarity (rescore); ip-cir:CONFIG.json")
+@METHODS.register("ip-cir")
 def _ip_cir(arg: str, backbone: Backbone) -> Method:
     if not arg:
         raise CirlabError("ip-cir: give a config, e.g. ip-cir:runs/ip-cir/ip-cir.json ({\"generator\": "

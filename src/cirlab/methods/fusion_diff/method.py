@@ -98,7 +98,7 @@ class FusionDiffGenerator:
         return {"name": KIND, "checkpoint": self.source, "sampling": asdict(self.sampling)}
 
 
-@METHODS.register(KIND, help="Fusion-Diff (diffusion prior + Control-Adapter); fusion-diff:CKPT_DIR[,mix=0.5,steps=1,...]")
+@METHODS.register(KIND)
 def _fusion_diff(arg: str, backbone: Backbone) -> Method:
     ck, sampling, path = load_spec(arg, backbone)
     return FusionDiffMethod(backbone, ck, sampling, path)

@@ -56,7 +56,6 @@ class PrediCIRMethod(Method):
                 "training": {k: v for k, v in ck.training.items() if k != "log"}}
 
 
-@METHODS.register("predicir", help="PrediCIR: world-model prediction of missing target content -> pseudo word; "
-                                   "predicir:CHECKPOINT_DIR")
+@METHODS.register("predicir")
 def _predicir(arg: str, backbone: Backbone) -> Method:
     return PrediCIRMethod(backbone, load_predicir(arg, backbone), arg)

@@ -96,13 +96,11 @@ def _phi_factory(method: str):
     return factory
 
 
-for _name, _help in (("pic2word", "Pic2Word: phi(image feature) -> pseudo word; pic2word:CHECKPOINT_DIR"),
-                     ("searle", "SEARLE: phi distilled from OTI tokens; searle:CHECKPOINT_DIR"),
-                     ("lincir", "LinCIR: phi trained on captions only; lincir:CHECKPOINT_DIR")):
-    METHODS.register(_name, help=_help)(_phi_factory(_name))
+for _name in ("pic2word", "searle", "lincir"):
+    METHODS.register(_name)(_phi_factory(_name))
 
 
-@METHODS.register("searle-oti", help="SEARLE-OTI: per-reference token optimisation at query time; searle-oti[:STEPS]")
+@METHODS.register("searle-oti")
 def _searle_oti(arg: str, backbone: Backbone) -> Method:
     cfg = OTIConfig()
     if arg:
