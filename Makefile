@@ -41,7 +41,7 @@ $(VENV_OPENCLIP)/.installed: pyproject.toml requirements/openclip.txt
 	touch $@
 
 test-openclip: $(VENV_OPENCLIP)/.installed
-	$(VENV_OPENCLIP)/bin/python -m pytest -q -p no:cacheprovider tests/test_openclip_backbone.py tests/test_backbones_contract.py
+	$(VENV_OPENCLIP)/bin/python -m pytest -q -p no:cacheprovider tests/test_openclip_backbone.py tests/test_backbones_contract.py tests/test_openclip_clip4cir.py
 
 clean:
 	rm -rf $(VENV) $(VENV_OPENCLIP) $(DEMO_OUT) .pytest_cache
