@@ -55,6 +55,13 @@ class ZooEntry:
     published: tuple[Published, ...] = ()
     notes: str = ""
 
+    def backbone_options(self) -> str:
+        """The backbone spec options that select the entry's preprocessing (``,preprocess=targetpad,...``)."""
+        kind, _, ratio = self.preprocessing.partition(":")
+        if kind == "targetpad":
+            return ",preprocess=targetpad" + (f",target_ratio={ratio}" if ratio else "")
+        return ""
+
     def weight(self, key: str) -> WeightFile:
         for w in self.weights:
             if w.key == key:

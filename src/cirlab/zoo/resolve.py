@@ -82,13 +82,14 @@ def materialize(entry: ZooEntry | str, benchmark: str | None = None, *, backbone
     needed_by_method = _keys(e.method) | {k for v in e.method_config.values() if isinstance(v, str) for k in _keys(v)}
     values: dict[str, str] = {}
     files: dict[str, Path] = {}
-    for w in e.weights:
-        if backbone is not None and w.key not in needed_by_method:
-            continue
+    used = [w for w in e.weights if backbone is None or w.key in needed_by_method]
+    missing = [by_hand(w, file_path(w), f"run `cirlab zoo fetch {e.name}`" if w.url else "no direct download")
+               for w in used if not file_path(w).exists() and not (fetch and w.url)]
+    if missing:
+        raise CirlabError("\n".join(str(m) for m in missing))
+    for w in used:
         src = file_path(w)
         if not src.exists():
-            if not fetch or not w.url:
-                raise by_hand(w, src, "run `cirlab zoo fetch " + e.name + "`" if w.url else "no direct download")
             fetch_file(w, progress=progress)
         if w.importer:
             args = _fill_any(dict(w.importer_args), {**values, "backbone": backbone or _fill(e.backbone, values)})
@@ -96,7 +97,7 @@ def materialize(entry: ZooEntry | str, benchmark: str | None = None, *, backbone
         else:
             files[w.key] = src
         values[w.key] = str(files[w.key])
-    bb = backbone or _fill(e.backbone, values)
+    bb = backbone or _fill(e.backbone, values) + e.backbone_options()
     if e.method_config:
         cfg = _fill_any(dict(e.method_config), values)
         if benchmark is not None:
