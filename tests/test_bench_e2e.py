@@ -229,8 +229,8 @@ def test_circo_eval_end_to_end_and_validate(backbone_dir, encoder, tmp_path, cap
     assert_same(json.loads(capsys.readouterr().out), res["results"][0]["metrics"])
 
 
-def test_circo_submit_test_split(backbone_dir, tmp_path, capsys):
-    root = tmp_path / "circo"
+def circo_test(root: Path) -> None:
+    """A CIRCO root with the real test annotations, their references plus 60 more images as placeholders."""
     (root / "annotations").mkdir(parents=True)
     (root / "annotations/test.json").symlink_to(BENCH / "circo/annotations/test.json")
     queries = json.loads((BENCH / "circo/annotations/test.json").read_text())
@@ -241,6 +241,11 @@ def test_circo_submit_test_split(backbone_dir, tmp_path, capsys):
     listing.write_text(json.dumps({"images": images}))
     for n, im in enumerate(images):
         placeholder(root / "COCO2017_unlabeled/unlabeled2017" / im["file_name"], n)
+
+
+def test_circo_submit_test_split(backbone_dir, tmp_path, capsys):
+    root = tmp_path / "circo"
+    circo_test(root)
     rc = main(["submit", "--benchmark", "circo", "--split", "val", "--data-root", str(root), "--out", str(tmp_path)])
     assert rc == 2 and "scores test, not 'val'" in capsys.readouterr().err
     out = tmp_path / "sub"

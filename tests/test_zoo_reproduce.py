@@ -12,7 +12,7 @@ import torch
 import torch.nn.functional as F
 
 from cirlab.cli import main
-from test_bench_e2e import backbone_dir, cirr_root, encoder  # noqa: F401  (fixtures)
+from test_bench_e2e import backbone_dir, circo_test, cirr_root, encoder  # noqa: F401  (fixtures)
 from test_bench_protocols import BENCH, naive_cirr, naive_cirr_from_scores
 from test_zoo_clip4cir import OfficialCombiner
 
@@ -74,3 +74,31 @@ def test_published_vs_measured_rows():
     rows = comparison(e.published_for("cirr"), {"recall@1": 20.5, "recall@5": 44.0}, ["recall@1", "recall@5"])
     assert rows == [{"metric": "recall@1", "published": "24.24 (test1)", "measured": "20.50"},
                     {"metric": "recall@5", "published": "-", "measured": "44.00"}]
+
+
+def test_reproduce_on_a_test_split_writes_the_server_files(zoo, backbone_dir, tmp_path, monkeypatch,  # noqa: F811
+                                                           capsys):
+    from cirlab.zoo import ZOO, Published, ZooEntry
+
+    e = ZooEntry(name="test:text", method="text", backbone="tiny:world", paper="a paper",
+                 presets={"circo": {"template": "a photo that {caption}"}},
+                 published=(Published("circo", "test", {"map@10": 12.5}, "a paper, Table 9"),))
+    monkeypatch.setitem(ZOO._factories, e.name, lambda: e)
+    monkeypatch.setitem(ZOO._help, e.name, "")
+    root = tmp_path / "circo"
+    circo_test(root)
+    assert main(["reproduce", "test:text", "--benchmark", "circo", "--split", "test", "--data-root", str(root)]) == 2
+    assert "no public ground truth: pass --out DIR" in capsys.readouterr().err
+    assert main(["reproduce", "test:text", "--benchmark", "circo", "--split", "test", "--data-root", str(root),
+                 "--backbone", f"tiny:{backbone_dir}", "--out", str(tmp_path / "rep"), "--index-dir",
+                 str(tmp_path / "idx")]) == 0
+    out = capsys.readouterr().out
+    assert next(ln for ln in out.splitlines() if ln.startswith("map@10")).split() == ["map@10", "12.5", "(test)", "-"]
+    assert "published: a paper, Table 9" in out
+    assert "upload to the test server" in out
+    # the same file `cirlab submit` writes for this method and template
+    assert main(["submit", "--benchmark", "circo", "--split", "test", "--data-root", str(root), "--backbone",
+                 f"tiny:{backbone_dir}", "--method", "text", "--template", "a photo that {caption}", "--out",
+                 str(tmp_path / "sub"), "--index-dir", str(tmp_path / "idx")]) == 0
+    got = json.loads((tmp_path / "rep/circo-test-test-text.predictions.json").read_text())
+    assert got == json.loads((tmp_path / "sub/circo-test.predictions.json").read_text()) and len(got) == 800
