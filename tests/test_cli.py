@@ -79,8 +79,8 @@ def test_index_search_eval(trained):
 
 def test_demo_writes_results_and_report(trained):
     root = trained
-    r = _run("demo", "--out", str(root / "demo"), "--backbone", f"tiny:{root / 'bb'}", "--queries", "30",
-             "--world", str(root / "world"), cwd=root)
+    r = _run("demo", "--out", str(root / "demo"), "--backbone", f"tiny:{root / 'bb'}", "--queries", "40",
+             "--seed", "2", "--world", str(root / "world"), cwd=root)  # the world made above, reused
     assert r.returncode == 0, r.stderr
     res = json.loads((root / "demo" / "results.json").read_text())
     assert [x["method"] for x in res["results"]] == ["image", "text", "sum", "weighted:0.2"]

@@ -12,3 +12,14 @@ class DatasetError(CirlabError):
 
 class IndexMismatchError(CirlabError):
     """An index on disk does not fit the backbone or the request."""
+
+
+class UnknownNameError(CirlabError, KeyError):
+    """A spec string names a kind no registry knows (a ``KeyError`` too, for callers that catch those)."""
+
+    def __str__(self) -> str:  # KeyError would quote the message
+        return str(self.args[0]) if self.args else ""
+
+
+class SpecError(CirlabError, ValueError):
+    """A spec string's argument is invalid, e.g. ``weighted:abc`` (a ``ValueError`` too)."""

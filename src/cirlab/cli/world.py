@@ -6,6 +6,8 @@ import json
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from ..errors import CirlabError
+
 if TYPE_CHECKING:
     from ..world import WorldConfig
 
@@ -28,7 +30,20 @@ def world_config(args: argparse.Namespace) -> "WorldConfig":
     from ..world import WorldConfig
 
     if args.config:
-        return WorldConfig.from_dict(json.loads(args.config.read_text()))
+        try:
+            text = args.config.read_text(encoding="utf-8")
+        except (OSError, UnicodeDecodeError) as e:
+            raise CirlabError(f"--config {args.config}: cannot be read ({getattr(e, 'strerror', None) or e})") from None
+        try:
+            raw = json.loads(text)
+        except json.JSONDecodeError as e:
+            raise CirlabError(f"{args.config}:{e.lineno}: malformed JSON ({e.msg})") from None
+        try:
+            return WorldConfig.from_dict(raw)
+        except CirlabError as e:
+            raise CirlabError(f"{args.config}: {e}") from None
+    if args.queries is not None and args.queries < 1:
+        raise CirlabError(f"--queries must be at least 1, got {args.queries}")
     cfg = WorldConfig(seed=args.seed, resolution=args.resolution)
     if args.queries:
         cfg = cfg.small(args.queries) if args.queries < cfg.queries["test"] else cfg
@@ -41,8 +56,6 @@ def run_generate(args: argparse.Namespace) -> int:
     splits = tuple(s.strip() for s in (args.splits or ",".join(SPLITS)).split(",") if s.strip())
     bad = [s for s in splits if s not in SPLITS]
     if bad:
-        from ..errors import CirlabError
-
         raise CirlabError(f"--splits: unknown split(s) {bad}; choose from {list(SPLITS)}")
     done = generate_world(args.out, world_config(args), splits)
     for split, root in done.items():

@@ -25,11 +25,18 @@ IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".webp", ".bmp", ".gif", ".tif", ".
 def iter_jsonl(path: Path) -> Iterator[tuple[int, dict[str, Any]]]:
     """Yield ``(line_number, object)``; blank lines are skipped, bad lines raise with file:line."""
     try:
-        fh = open(path, encoding="utf-8")
+        fh = open(path, "rb")
     except FileNotFoundError:
         raise DatasetError(f"{path}: file not found") from None
+    except IsADirectoryError:
+        raise DatasetError(f"{path}: is a directory, not a JSONL file") from None
     with fh:
-        for lineno, line in enumerate(fh, 1):
+        for lineno, raw in enumerate(fh, 1):
+            try:
+                line = raw.decode("utf-8")
+            except UnicodeDecodeError as e:
+                raise DatasetError(f"{path}:{lineno}: not UTF-8 text (byte {raw[e.start]:#04x} at column "
+                                   f"{e.start + 1})") from None
             if not line.strip():
                 continue
             try:
@@ -41,12 +48,21 @@ def iter_jsonl(path: Path) -> Iterator[tuple[int, dict[str, Any]]]:
             yield lineno, obj
 
 
-def _field(obj: dict[str, Any], name: str, kind: type, where: str) -> Any:
+def _field(obj: dict[str, Any], name: str, kind: type | tuple[type, ...], where: str) -> Any:
     if name not in obj:
         raise DatasetError(f"{where}: missing field {name!r}")
     value = obj[name]
-    if not isinstance(value, kind):
-        raise DatasetError(f"{where}: field {name!r} must be {kind.__name__}, got {type(value).__name__} {value!r}")
+    if not isinstance(value, kind) or isinstance(value, bool):
+        names = "/".join(k.__name__ for k in kind) if isinstance(kind, tuple) else kind.__name__
+        raise DatasetError(f"{where}: field {name!r} must be {names}, got {type(value).__name__} {value!r}")
+    return value
+
+
+def _id(obj: dict[str, Any], name: str, where: str) -> str:
+    """An image or query id: a non-empty string (integers are read as their decimal text)."""
+    value = str(_field(obj, name, (str, int), where))
+    if not value.strip():
+        raise DatasetError(f"{where}: field {name!r} is an empty id")
     return value
 
 
@@ -58,8 +74,10 @@ def read_gallery_jsonl(path: Path) -> Gallery:
     seen: dict[str, int] = {}
     for lineno, obj in iter_jsonl(path):
         where = f"{path}:{lineno}"
-        image_id = str(_field(obj, "id", (str, int), where))  # type: ignore[arg-type]
+        image_id = _id(obj, "id", where)
         rel = _field(obj, "path", str, where)
+        if not rel.strip():
+            raise DatasetError(f"{where}: field 'path' is empty")
         if image_id in seen:
             raise DatasetError(f"{where}: duplicate image id {image_id!r} (first on line {seen[image_id]})")
         seen[image_id] = lineno
@@ -101,15 +119,16 @@ def read_triplets(path: Path, gallery: Gallery | None = None) -> list[CIRTriplet
     seen: dict[str, int] = {}
     for lineno, obj in iter_jsonl(path):
         where = f"{path}:{lineno}"
-        tid = str(_field(obj, "id", (str, int), where))  # type: ignore[arg-type]
+        tid = _id(obj, "id", where)
         if tid in seen:
             raise DatasetError(f"{where}: duplicate triplet id {tid!r} (first on line {seen[tid]})")
         seen[tid] = lineno
-        ref = str(_field(obj, "reference", (str, int), where))  # type: ignore[arg-type]
+        ref = _id(obj, "reference", where)
         caption = _field(obj, "caption", str, where)
         targets = obj.get("targets", [])
-        if not isinstance(targets, list) or not all(isinstance(t, (str, int)) for t in targets):
-            raise DatasetError(f"{where}: field 'targets' must be a list of ids, got {targets!r}")
+        if not isinstance(targets, list) or not all(isinstance(t, (str, int)) and not isinstance(t, bool)
+                                                    and str(t).strip() for t in targets):
+            raise DatasetError(f"{where}: field 'targets' must be a list of non-empty ids, got {targets!r}")
         targets = [str(t) for t in targets]
         meta = obj.get("meta", {})
         if not isinstance(meta, dict):

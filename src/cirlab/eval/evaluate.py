@@ -7,7 +7,8 @@ from typing import TYPE_CHECKING, Any
 
 from tqdm.auto import tqdm
 
-from ..data.record import CIRDataset
+from ..data.record import CIRDataset, CIRTriplet
+from ..errors import DatasetError
 from .metrics import grouped_metrics
 
 if TYPE_CHECKING:  # torch-backed: imported where used, so the metrics import without torch
@@ -39,7 +40,7 @@ def evaluate(retriever: "Retriever", dataset: CIRDataset, *, exclude_reference: 
     cutting at K (the CIRR convention; the built-in world uses it too).
     """
     t0 = time.time()
-    trips = [t for t in dataset.triplets if t.targets]
+    trips = labelled_triplets(dataset)
     rankings: dict[str, list[str]] = {}
     for start in tqdm(range(0, len(trips), batch_size), desc=f"eval {retriever.method.spec}", unit="batch",
                       disable=not progress):
@@ -63,6 +64,22 @@ def evaluate(retriever: "Retriever", dataset: CIRDataset, *, exclude_reference: 
     return EvalResult(retriever.method.spec, retriever.backbone.spec, overall, per, rankings, cfg, time.time() - t0)
 
 
+def labelled_triplets(dataset: CIRDataset) -> list[CIRTriplet]:
+    """Every triplet, each with targets; an empty gallery, no triplets or a triplet without targets
+    (which would silently drop out of every metric) raise ``DatasetError``."""
+    where = dataset.root or dataset.name
+    if len(dataset.gallery) == 0:
+        raise DatasetError(f"{where}: the gallery is empty; there is nothing to rank")
+    if not dataset.triplets:
+        raise DatasetError(f"{where}: no triplets to evaluate")
+    unlabelled = [t.id for t in dataset.triplets if not t.targets]
+    if unlabelled:
+        first = ", ".join(map(repr, unlabelled[:5])) + (f" and {len(unlabelled) - 5} more" if len(unlabelled) > 5 else "")
+        raise DatasetError(f"{where}: {len(unlabelled)} of {len(dataset.triplets)} triplets have no 'targets' "
+                           f"({first}); metrics need the targets of every query (add them, or remove those triplets)")
+    return list(dataset.triplets)
+
+
 def evaluate_methods(dataset: CIRDataset, backbone: Any, methods: list[str], index_dir: Any, *,
                      index_spec: str = "exact", exclude_reference: bool = True, progress: bool = True,
                      cache: Any = True) -> list[EvalResult]:
@@ -72,7 +89,8 @@ def evaluate_methods(dataset: CIRDataset, backbone: Any, methods: list[str], ind
     from ..methods import create_method
     from ..retrieval import Retriever
 
-    # methods first: a bad spec or checkpoint fails before the (long) gallery encoding
+    # the data and the methods first: a bad dataset, spec or checkpoint fails before the (long) gallery encoding
+    labelled_triplets(dataset)
     created = [create_method(m, backbone) for m in methods]
     index = build_index(backbone, dataset.gallery, index_dir, index_spec, progress=progress, repair=True,
                         cache=cache)

@@ -28,7 +28,7 @@ from .. import __version__
 from ..backbones.base import Backbone
 from ..backbones.encoding import EncodeStats, FeatureCache, encode_images, open_cache
 from ..data.record import Gallery
-from ..errors import CirlabError, IndexMismatchError
+from ..errors import CirlabError, DatasetError, IndexMismatchError
 from ..fileutil import DirLock, atomic_write_text, sha256_file
 from .base import MANIFEST, VectorIndex, create_index, ids_checksum, load_index, read_manifest
 from .integrity import FILES_KEY, check_files, claim_output, remove_owned
@@ -150,6 +150,7 @@ def build_index(backbone: Backbone, gallery: Gallery, directory: str | os.PathLi
     if batch_size < 1:
         raise CirlabError(f"--batch-size must be at least 1, got {batch_size}")
     d = Path(directory)
+    check_gallery_files(gallery)
     claim_output(d, gallery.paths)
     with DirLock(d, "indexed") as lock:
         if lock.took_over:
@@ -178,6 +179,15 @@ def build_index(backbone: Backbone, gallery: Gallery, directory: str | os.PathLi
         index.save(d, manifest)
         remove_owned(d / CHUNKS)
         return index
+
+
+def check_gallery_files(gallery: Gallery) -> None:
+    """Every gallery path must be a file: raise ``DatasetError`` naming the first that are not."""
+    bad = [(i, p) for i, p in zip(gallery.ids, gallery.paths) if not Path(p).is_file()]
+    if bad:
+        shown = ", ".join(f"{i!r} ({p}: {'a directory' if Path(p).is_dir() else 'missing'})" for i, p in bad[:5])
+        more = f" and {len(bad) - 5} more" if len(bad) > 5 else ""
+        raise DatasetError(f"{len(bad)} of {len(gallery)} gallery images are not files: {shown}{more}")
 
 
 def _reuse(backbone: Backbone, gallery: Gallery, d: Path, index_spec: str, repair: bool) -> VectorIndex | None:

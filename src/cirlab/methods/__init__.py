@@ -7,6 +7,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any, Callable
 
+from ..errors import SpecError
 from ..registry import Registry, split_spec
 
 if TYPE_CHECKING:
@@ -52,7 +53,11 @@ def create_method(spec: str, backbone: "Backbone") -> "Method":
             spec = new
             break
     name, arg = split_spec(spec)
-    method = METHODS.get(name)(arg, backbone=backbone)
+    factory = METHODS.get(name)
+    try:
+        method = factory(arg, backbone=backbone)
+    except ValueError as e:  # a bad argument in the spec (weighted:abc, weighted:5, ...)
+        raise SpecError(f"method {given!r}: {e}") from None
     method.spec = given
     return method
 

@@ -17,13 +17,15 @@ from __future__ import annotations
 import json
 import os
 import random
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any, Iterator
 
 from tqdm.auto import tqdm
 
 from ..data.jsonl import write_jsonl
+from ..fileutil import atomic_write_text
+from ..errors import CirlabError
 from .edits import EDIT_KINDS, SINGLE_EDITS, EditResult, make_edit, one_attribute_away
 from .scene import DEFAULT_STYLE, Scene, Style, caption, random_scene, render
 
@@ -31,6 +33,10 @@ SPLITS = ("train", "val", "test")
 SINGLE_KINDS = tuple(SINGLE_EDITS)
 SPLIT_SALT = {"train": 1, "val": 2, "test": 3}
 WORLD_FORMAT = 1
+MIN_RESOLUTION = 8
+#: written when a split starts, removed when its dataset.json lands: an interrupted split resumes only
+#: with the settings it was started with
+IN_PROGRESS = ".generating.json"
 
 
 @dataclass
@@ -49,6 +55,15 @@ class WorldConfig:
         "add": 1, "remove": 1, "colour": 1, "shape": 1, "size": 1, "move": 1, "two edits": 1.5})
     captions_per_image: int = 3
 
+    def __post_init__(self) -> None:
+        if isinstance(self.resolution, bool) or not isinstance(self.resolution, int) or self.resolution < MIN_RESOLUTION:
+            raise CirlabError(f"world config: resolution must be an integer of at least {MIN_RESOLUTION} pixels, "
+                              f"got {self.resolution!r}")
+        bad = {s: n for s, n in self.queries.items() if isinstance(n, bool) or not isinstance(n, int) or n < 0}
+        if bad or not any(self.queries.values()):
+            raise CirlabError(f"world config: queries must be non-negative integers, at least one positive; "
+                              f"got {self.queries}")
+
     def to_dict(self) -> dict[str, Any]:
         d = asdict(self)
         d["heldout"] = [list(x) for x in self.heldout]
@@ -56,8 +71,16 @@ class WorldConfig:
 
     @staticmethod
     def from_dict(d: dict[str, Any]) -> "WorldConfig":
+        if not isinstance(d, dict):
+            raise CirlabError(f"world config: expected a JSON object, got {type(d).__name__}")
+        unknown = sorted(set(d) - {f.name for f in fields(WorldConfig)})
+        if unknown:
+            raise CirlabError(f"world config: unknown field(s) {unknown}")
         d = dict(d)
-        d["heldout"] = [tuple(x) for x in d.get("heldout", [])]
+        try:
+            d["heldout"] = [tuple(x) for x in d.get("heldout", [])]
+        except TypeError:
+            raise CirlabError(f"world config: 'heldout' must be a list of [colour, shape] pairs") from None
         return WorldConfig(**d)
 
     def small(self, queries: int = 120) -> "WorldConfig":
@@ -143,6 +166,11 @@ def write_split(cfg: WorldConfig, split: str, out: Path, style: Style = DEFAULT_
     """Render and write one split under ``out/split``; returns the split directory."""
     root = Path(out) / split
     img_dir = root / "images"
+    settings = _settings(cfg)
+    claim_split(root, settings)
+    root.mkdir(parents=True, exist_ok=True)
+    if not (root / IN_PROGRESS).is_file():
+        atomic_write_text(root / IN_PROGRESS, json.dumps(settings))
     img_dir.mkdir(parents=True, exist_ok=True)
     scenes, rows = generate_split(cfg, split)
     cap_rng = random.Random(cfg.seed * 7919 + SPLIT_SALT[split])
@@ -161,10 +189,45 @@ def write_split(cfg: WorldConfig, split: str, out: Path, style: Style = DEFAULT_
     write_jsonl(root / "triplets.jsonl", rows)
     info = {"name": f"world-{split}", "world_format": WORLD_FORMAT, "split": split, "config": cfg.to_dict(),
             "style": style.to_dict(), "images": len(scenes), "queries": len(rows)}
-    tmp = root / "dataset.json.tmp"
-    tmp.write_text(json.dumps(info, indent=2))
-    os.replace(tmp, root / "dataset.json")
+    atomic_write_text(root / "dataset.json", json.dumps(info, indent=2))
+    (root / IN_PROGRESS).unlink(missing_ok=True)
     return root
+
+
+def _settings(cfg: WorldConfig) -> dict[str, Any]:
+    return {"config": json.loads(json.dumps(cfg.to_dict())), "world_format": WORLD_FORMAT}
+
+
+def _describe(config: dict[str, Any]) -> str:
+    return f"seed {config.get('seed')}, resolution {config.get('resolution')}, queries {config.get('queries')}"
+
+
+def claim_split(root: Path, settings: dict[str, Any]) -> None:
+    """Refuse to write a split into a directory that holds something else: a world made with other
+    settings (complete or interrupted) or files that are not a world split. Mixing old images with new
+    listings is never done, and nothing is deleted."""
+    if not root.exists():
+        return
+    if not root.is_dir():
+        raise CirlabError(f"{root}: exists and is not a directory")
+    for name, what in (("dataset.json", "a world"), (IN_PROGRESS, "an interrupted world")):
+        p = root / name
+        if not p.is_file():
+            continue
+        try:
+            have = json.loads(p.read_text())
+        except (OSError, ValueError):
+            have = {}
+        have = {"config": have.get("config"), "world_format": have.get("world_format")}
+        if have != settings:
+            raise CirlabError(f"{root}: holds {what} generated with other settings ({_describe(have['config'] or {})}; "
+                              f"asked for {_describe(settings['config'])}); give another --out, or delete "
+                              f"{root} to regenerate it")
+        return
+    others = sorted(p.name for p in root.iterdir())
+    if others:
+        raise CirlabError(f"{root}: exists and is not a world split (it holds {', '.join(others[:5])}); give a new "
+                          f"or empty --out")
 
 
 def hash_seed(seed: int, image_id: str) -> int:
@@ -195,9 +258,10 @@ def is_complete(root: Path, cfg: WorldConfig) -> bool:
         return False
     try:
         meta = json.loads(info.read_text())
-    except json.JSONDecodeError:
+    except (OSError, ValueError):
         return False
-    return meta.get("config") == json.loads(json.dumps(cfg.to_dict())) and meta.get("world_format") == WORLD_FORMAT
+    return isinstance(meta, dict) and {"config": meta.get("config"), "world_format": meta.get("world_format")} \
+        == _settings(cfg)
 
 
 def iter_scenes(root: Path) -> Iterator[tuple[str, Scene]]:
