@@ -1,8 +1,13 @@
 """Helpers shared by the service tests: hand-written PNGs and rankings computed from an index's vectors."""
 from __future__ import annotations
 
+import os
+import queue
+import re
 import socket
 import struct
+import subprocess
+import sys
 import threading
 import time
 import zlib
@@ -10,6 +15,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Iterator
 
+import httpx
 import numpy as np
 import pytest
 import torch
@@ -90,3 +96,49 @@ def live_server(app, **config) -> Iterator[str]:
         server.should_exit = True
         thread.join(10)
         sock.close()
+
+
+@contextmanager
+def cli_server(index_dir: Path, log: Path, *args: str, env: dict[str, str] | None = None, token: str | None = None
+               ) -> Iterator[tuple[str, subprocess.Popen]]:
+    """`cirlab serve --index index_dir *args` in a subprocess on 127.0.0.1 with a port the OS picks, its output in
+    ``log``; yields (the base URL it prints, once /health answers; the process)."""
+    proc = subprocess.Popen([sys.executable, "-m", "cirlab", "serve", "--index", str(index_dir), "--port", "0",
+                             "--host", "127.0.0.1", "--log-level", "warning", *args],
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                            env={**os.environ, "PYTHONUNBUFFERED": "1", **(env or {})})
+    lines: queue.Queue[str] = queue.Queue()
+
+    def pump() -> None:
+        with open(log, "w") as f:
+            for line in proc.stdout:  # type: ignore[union-attr]
+                f.write(line)
+                f.flush()
+                lines.put(line)
+
+    threading.Thread(target=pump, daemon=True).start()
+    url = None
+    deadline = time.time() + 60
+    headers = {"authorization": f"Bearer {token}"} if token else {}
+    try:
+        while url is None and time.time() < deadline and proc.poll() is None:
+            try:
+                m = re.search(r"(http://127\.0\.0\.1:\d+)/", lines.get(timeout=1))
+            except queue.Empty:
+                continue
+            url = m.group(1) if m else None
+        assert url, f"cirlab serve did not start:\n{log.read_text()}"
+        while time.time() < deadline:
+            try:
+                if httpx.get(f"{url}/health", timeout=2, headers=headers).status_code == 200:
+                    break
+            except httpx.TransportError:
+                time.sleep(0.1)
+        yield url, proc
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(10)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait(5)

@@ -4,16 +4,8 @@ Saves a screenshot of the results grid to ``test-artifacts/serve-browser.png``.
 """
 from __future__ import annotations
 
-import os
-import queue
-import re
-import subprocess
-import sys
-import threading
-import time
 from pathlib import Path
 
-import httpx
 import playwright.sync_api as playwright_api
 import pytest
 from playwright.sync_api import expect
@@ -23,8 +15,10 @@ from cirlab.data import load_dataset
 from cirlab.index import build_index
 from cirlab.netsafe import playwright_chromium_kwargs
 from cirlab.retrieval import Retriever
+from serve_helpers import cli_server
 
 CHROMIUM = Path("/usr/bin/chromium")
+TOKEN = "browser-test-token-0123456789"  # the server requires it; the page asks for it
 ARTIFACTS = Path(__file__).resolve().parent.parent / "test-artifacts"
 pytestmark = pytest.mark.skipif(not CHROMIUM.exists(), reason="/usr/bin/chromium is missing: run .ci/install-system.sh "
                                                               "(apt-get install chromium)")
@@ -49,46 +43,10 @@ def index_dir(small_world, tmp_path_factory) -> Path:
 
 @pytest.fixture(scope="module")
 def server(index_dir, tmp_path_factory):
-    """`cirlab serve` on 127.0.0.1 with a port the OS picks; yields the base URL it prints."""
+    """`cirlab serve` on 127.0.0.1 with a port the OS picks, requiring a token; yields the base URL it prints."""
     log = tmp_path_factory.mktemp("serve-log") / "server.log"
-    proc = subprocess.Popen([sys.executable, "-m", "cirlab", "serve", "--index", str(index_dir), "--port", "0",
-                             "--host", "127.0.0.1", "--log-level", "warning"],
-                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-                            env={**os.environ, "PYTHONUNBUFFERED": "1"})
-    lines: queue.Queue[str] = queue.Queue()
-
-    def pump() -> None:
-        with open(log, "w") as f:
-            for line in proc.stdout:  # type: ignore[union-attr]
-                f.write(line)
-                f.flush()
-                lines.put(line)
-
-    threading.Thread(target=pump, daemon=True).start()
-    url = None
-    deadline = time.time() + 60
-    try:
-        while url is None and time.time() < deadline and proc.poll() is None:
-            try:
-                m = re.search(r"(http://127\.0\.0\.1:\d+)/", lines.get(timeout=1))
-            except queue.Empty:
-                continue
-            url = m.group(1) if m else None
-        assert url, f"cirlab serve did not start:\n{log.read_text()}"
-        while time.time() < deadline:
-            try:
-                if httpx.get(f"{url}/health", timeout=2).status_code == 200:
-                    break
-            except httpx.TransportError:
-                time.sleep(0.1)
+    with cli_server(index_dir, log, env={"CIRLAB_SERVE_TOKEN": TOKEN}, token=TOKEN) as (url, _):
         yield url
-    finally:
-        proc.terminate()
-        try:
-            proc.wait(10)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait(5)
 
 
 @pytest.fixture(scope="module")
@@ -130,7 +88,15 @@ def test_search_page_upload_then_refine(server, browser_page, index_dir, small_w
     k = 8
 
     page.goto(server + "/")
+    page.wait_for_selector('[data-testid="token-form"]:not([hidden])', timeout=20_000)  # /health said 401
+    assert "401" in page.locator('[data-testid="error"]').inner_text()
+    page.fill('[data-testid="token-input"]', TOKEN)
+    page.press('[data-testid="token-input"]', "Enter")
     page.wait_for_selector("body[data-ready='1']", timeout=20_000)
+    assert page.locator('[data-testid="token-form"]').is_hidden() and page.locator('[data-testid="error"]').is_hidden()
+    assert [(s, u) for s, u in failed] == [(401, server + "/health")]
+    failed.clear()
+    console_errors.clear()
     assert page.locator("#method").input_value() == "sum"
     options = page.locator("#method option").all_inner_texts()
     assert {"sum", "image", "text", "weighted"} <= set(options)

@@ -4,6 +4,7 @@ connections, the connection bound, JSON for every error."""
 from __future__ import annotations
 
 import io
+import os
 import socket
 import threading
 import time
@@ -15,14 +16,16 @@ import torch.nn.functional as F
 from fastapi.testclient import TestClient
 from PIL import Image, ImageFile
 
+from cirlab.backbones import create_backbone
 from cirlab.backbones.base import load_image
 from cirlab.backbones.encoding import encode_images
 from cirlab.imaging import ImageBounds, ImageError, draft_scale, image_size, open_image
+from cirlab.index import build_index
 from cirlab.retrieval import Retriever
 from cirlab.serve import ServeLimits, create_app
 from cirlab.serve.access import ServeAccess, exposure_warning
 from cirlab.serve.timeouts import guarded_protocol
-from serve_helpers import bomb_png, check_ranking, expected_scores, live_server, png_bytes
+from serve_helpers import bomb_png, check_ranking, cli_server, expected_scores, live_server, png_bytes
 
 pytest_plugins = ["serve_helpers"]  # the world and retriever fixtures
 
@@ -349,3 +352,54 @@ def test_cli_token_sources(tmp_path, monkeypatch):
     f.write_text("\n")
     with pytest.raises(CirlabError, match="the first line is empty"):
         read_token(args(token_file=f))
+
+
+# ---- item: memory of concurrent large uploads, in a real `cirlab serve` process -----------------------
+def _status_kib(pid: int, field: str) -> int:
+    for line in open(f"/proc/{pid}/status"):
+        if line.startswith(field + ":"):
+            return int(line.split()[1])
+    raise AssertionError(f"{field} missing")
+
+
+#: documented in docs/serve.md: during a burst the resident size grows by at most the decode budget plus
+#: PEAK_SLACK_MIB; once the burst is over it is back within AFTER_SLACK_MIB of where it started
+PEAK_SLACK_MIB = 64
+AFTER_SLACK_MIB = 32
+
+
+@pytest.mark.skipif(not os.path.exists("/proc/self/status"), reason="reads the resident size from /proc")
+def test_rss_returns_after_32_concurrent_large_uploads(small_world, world, tmp_path):
+    """32 clients upload a 2000x2000 PNG at once to `cirlab serve --decode-budget-mb 64`: the peak resident size
+    stays within the budget (+ slack) of the idle size, and the size returns to within the slack afterwards."""
+    index_dir = tmp_path / "index"
+    build_index(create_backbone("tiny:random"), world.gallery, index_dir, progress=False)
+    y, x = np.mgrid[0:2000, 0:2000]
+    buf = io.BytesIO()
+    Image.fromarray(np.stack([x % 256, y % 256, (x // 8 + y // 8) % 256], -1).astype(np.uint8)).save(buf, "PNG")
+    data = buf.getvalue()
+    budget_mib = 64
+    with cli_server(index_dir, tmp_path / "server.log", "--decode-budget-mb", str(budget_mib)) as (url, proc):
+        def upload() -> httpx.Response:
+            with httpx.Client(base_url=url, timeout=120) as http:
+                return http.post("/search", data={"text": "make it red", "k": "3", "method": "image"},
+                                 files={"image": ("big.png", data, "image/png")})
+
+        assert upload().status_code == 200  # warm: thread pools and lazy imports in place
+        time.sleep(0.5)
+        idle = _status_kib(proc.pid, "VmRSS")
+        answers: list[httpx.Response] = []
+        threads = [threading.Thread(target=lambda: answers.append(upload())) for _ in range(32)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join(300)
+        peak = _status_kib(proc.pid, "VmHWM")
+        time.sleep(0.5)
+        after = _status_kib(proc.pid, "VmRSS")
+        health = httpx.get(f"{url}/health", timeout=10).json()["searches"]
+    assert len(answers) == 32 and all(a.status_code == 200 for a in answers), [a.text for a in answers][:2]
+    assert health["decoded_bytes_peak"] <= budget_mib * 1024 * 1024 and health["decoded_bytes_in_flight"] == 0
+    print(f"RSS idle {idle / 1024:.0f} MiB, peak {peak / 1024:.0f} MiB, after {after / 1024:.0f} MiB")
+    assert (peak - idle) / 1024 <= budget_mib + PEAK_SLACK_MIB
+    assert (after - idle) / 1024 <= AFTER_SLACK_MIB

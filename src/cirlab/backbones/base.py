@@ -38,7 +38,7 @@ def load_image(item: ImageLike, bounds: ImageBounds = DEFAULT_BOUNDS) -> Image.I
     ``bounds``' pixel count or aspect ratio: a path is checked from its header, before it is decoded."""
     if isinstance(item, Image.Image):
         check_size(*item.size, bounds)
-        return item.convert("RGB")
+        return item if item.mode == "RGB" else item.convert("RGB")  # no copy: preprocessing never writes in place
     return open_image(item, bounds, exif_transpose=False)  # the pixels as stored, as features always were
 
 

@@ -56,6 +56,7 @@ def run(args: argparse.Namespace) -> int:
 
         from ..serve import ServeLimits, create_app
         from ..serve.access import ServeAccess, exposure_warning
+        from ..serve.memory import map_large_blocks
         from ..serve.timeouts import guarded_protocol
         create_app  # noqa: B018 (imports fastapi)
     except ImportError as e:
@@ -91,6 +92,7 @@ def run(args: argparse.Namespace) -> int:
     except (KeyError, ValueError) as e:
         raise CirlabError(f"--method {args.method!r}: {e.args[0] if e.args else e}") from None
     app = create_app(retriever, methods=methods, limits=limits, access=access)
+    map_large_blocks()  # decoded uploads go back to the OS when freed (cirlab.serve.memory)
 
     family = socket.AF_INET6 if ":" in args.host else socket.AF_INET
     # IPPROTO_TCP explicitly: asyncio sets TCP_NODELAY only on sockets whose proto says TCP, and without it

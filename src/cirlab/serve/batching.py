@@ -91,21 +91,25 @@ class MicroBatcher:
     async def _work(self) -> None:
         assert self._queue is not None
         while True:
-            items = [await self._queue.get()]
+            await self._batch([await self._queue.get()])
+
+    async def _batch(self, items: list[_Item]) -> None:
+        """Answer ``items`` plus what queued behind them; returns holding no reference to any query
+        (an uploaded image is freed as soon as its request is done, not when the next batch comes)."""
+        self._drain(items)
+        if self._busy and len(items) < self.max_batch and self.wait_ms > 0:
+            await asyncio.sleep(self.wait_ms / 1000)
             self._drain(items)
-            if self._busy and len(items) < self.max_batch and self.wait_ms > 0:
-                await asyncio.sleep(self.wait_ms / 1000)
-                self._drain(items)
-            items = [i for i in items if not i.future.done()]  # clients that went away
-            groups: dict[str | None, list[_Item]] = defaultdict(list)
-            for item in items:
-                groups[item.method].append(item)
-            self._busy += 1
-            try:
-                for method, group in groups.items():
-                    await self._run(method, group)
-            finally:
-                self._busy -= 1
+        items = [i for i in items if not i.future.done()]  # clients that went away
+        groups: dict[str | None, list[_Item]] = defaultdict(list)
+        for item in items:
+            groups[item.method].append(item)
+        self._busy += 1
+        try:
+            for method, group in groups.items():
+                await self._run(method, group)
+        finally:
+            self._busy -= 1
 
     def _drain(self, items: list[_Item]) -> None:
         assert self._queue is not None

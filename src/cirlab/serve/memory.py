@@ -82,6 +82,23 @@ def _libc() -> ctypes.CDLL | None:
 _LIBC = _libc()
 
 
+#: glibc's mallopt parameter number of the mmap threshold
+M_MMAP_THRESHOLD = -3
+
+
+def map_large_blocks(threshold: int = 1 << 20) -> bool:
+    """Serve every allocation of ``threshold`` bytes or more with its own mmap, handed back to the OS when it is
+    freed (glibc ``mallopt(M_MMAP_THRESHOLD)``); ``False`` where that does not exist.
+
+    By default glibc raises this threshold each time a large block is freed, up to 32 MiB, so decoded
+    images (megabytes each) end up in the heap of whichever thread decoded them and stay resident after the
+    burst of uploads that needed them (measured: +108 MiB after 32 concurrent 2000x2000 uploads, +31 MiB with
+    this). It is process-wide: ``cirlab serve`` calls it at start-up.
+    """
+    fn = getattr(_LIBC, "mallopt", None) if _LIBC is not None else None
+    return bool(fn is not None and fn(M_MMAP_THRESHOLD, int(threshold)) == 1)
+
+
 def trim_heap() -> bool:
     """Hand freed heap memory back to the OS (glibc ``malloc_trim``); ``False`` where that does not exist.
 

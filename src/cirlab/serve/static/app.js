@@ -10,10 +10,39 @@ const state = {
   galleryLoaded: false,
 };
 
+// ---- the token (when the server has one) ------------------------------------------------------
+// It travels as a SameSite=Strict cookie, so the browser sends it with the API calls and the <img>
+// thumbnails of this page only. It comes from the link (#token=..., never sent to the server in the URL)
+// or from the form the page shows when the server answers 401.
+function storeToken(token) {
+  const secure = location.protocol === "https:" ? "; Secure" : "";
+  document.cookie = `cirlab_token=${encodeURIComponent(token)}; path=/; SameSite=Strict${secure}`;
+}
+
+function tokenFromLink() {
+  const m = /(?:^#|&)token=([^&]+)/.exec(location.hash);
+  if (!m) return;
+  storeToken(decodeURIComponent(m[1]));
+  history.replaceState(null, "", location.pathname + location.search);
+}
+
+function askForToken() {
+  const form = $("token-form");
+  form.hidden = false;
+  $("token-input").focus();
+  form.onsubmit = (event) => {
+    event.preventDefault();
+    storeToken($("token-input").value.trim());
+    form.hidden = true;
+    start();
+  };
+}
+
 async function api(path, options) {
   const res = await fetch(path, options);
   let body = null;
   try { body = await res.json(); } catch (e) { body = null; }
+  if (res.status === 401) askForToken();
   if (!res.ok) {
     let msg = body && body.detail;
     if (Array.isArray(msg)) msg = msg.map((d) => `${(d.loc || []).slice(1).join(".")}: ${d.msg}`).join("; ");
@@ -175,13 +204,19 @@ async function loadGallery() {
 }
 
 // ---- start ---------------------------------------------------------------------------------
-async function start() {
+function setup() {
+  tokenFromLink();
   setupDropzone();
   $("search-form").addEventListener("submit", runSearch);
   $("gallery-picker").addEventListener("toggle", () => {
     if ($("gallery-picker").open && !state.galleryLoaded) { state.galleryLoaded = true; loadGallery(); }
   });
   $("gallery-more").addEventListener("click", loadGallery);
+}
+
+async function start() {
+  showError("");
+  $("method").replaceChildren();
   try {
     const h = await api("health");
     state.galleryTotal = h.images;
@@ -196,9 +231,10 @@ async function start() {
     $("status").textContent = `${h.images} images · backbone ${h.backbone} · index ${h.index} · cirlab ${h.version}`;
     document.body.dataset.ready = "1";
   } catch (e) {
-    $("status").textContent = "server unreachable";
+    $("status").textContent = e.message.startsWith("401") ? "a token is needed" : "server unreachable";
     showError(e.message);
   }
 }
 
+setup();
 start();
