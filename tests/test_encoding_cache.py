@@ -36,12 +36,12 @@ class Counter:
         self.real = bb.forward_images
         bb.forward_images = self
 
-    def __call__(self, pixels):
+    def __call__(self, pixels, normalize=True):
         if self.fail_after is not None and self.calls >= self.fail_after:
             raise KeyboardInterrupt("simulated interruption")
         self.calls += 1
         self.n += len(pixels)
-        return self.real(pixels)
+        return self.real(pixels, normalize=normalize)
 
 
 @pytest.mark.parametrize("workers", [0, 1])

@@ -48,7 +48,7 @@ def test_ray_chunks_match_single_process_and_resume(local_ray, world, tmp_path):
 
     gallery, backbone = world
     n, chunk = len(gallery), 40
-    want = backbone.encode_images(gallery.paths, batch_size=16)
+    want = backbone.encode_images(gallery.paths, batch_size=16, normalize=False)  # chunks hold raw features
     bounds = chunk_bounds(n, chunk)
     # an interrupted earlier run left chunks 0 and 2 finished: Ray must encode exactly the other rows
     cdir = prepare_chunks(backbone, gallery, tmp_path, chunk)
@@ -87,7 +87,7 @@ def test_actor_with_other_weights_is_refused(world, tiny_config):
     gallery, backbone = world
     enc = ChunkEncoder(backbone.spec, backbone.fingerprint(), batch_size=8)
     out = enc({"pos": [3, 4], "path": [str(gallery.paths[3]), str(gallery.paths[4])]})
-    torch.testing.assert_close(torch.from_numpy(out["features"]), backbone.encode_images(gallery.paths[3:5]))
+    torch.testing.assert_close(torch.from_numpy(out["features"]), backbone.encode_images(gallery.paths[3:5], normalize=False))
     assert out["pos"].tolist() == [3, 4]
     with pytest.raises(CirlabError, match="fingerprint"):
         ChunkEncoder(backbone.spec, backbone.fingerprint(), batch_size=8,

@@ -56,21 +56,37 @@ class Retriever:
         return Retriever(self.backbone, self.index, method, self.paths)
 
     # -- queries ---------------------------------------------------------------------------
-    def reference_features(self, references: Sequence[ImageLike | str]) -> torch.Tensor:
-        """Image features of references given as gallery ids (read from the index) or images."""
+    def reference_features(self, references: Sequence[ImageLike | str], raw: bool = False) -> torch.Tensor:
+        """Image features of references given as gallery ids (read from the index) or images;
+        normalised, or (``raw``) the raw projected features (the index's stored norms for gallery ids)."""
+        feats, norms = self._reference_features(references, raw)
+        return feats * norms.unsqueeze(-1) if norms is not None else feats
+
+    def _reference_features(self, references: Sequence[ImageLike | str], with_norms: bool
+                            ) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """Normalised features and (``with_norms``) the norms of the raw features."""
         out = torch.empty(len(references), self.backbone.embed_dim)
+        norms = torch.empty(len(references)) if with_norms else None
         in_index = [n for n, r in enumerate(references) if isinstance(r, str) and r in self.paths]
         if in_index and hasattr(self.index, "vectors"):
+            ids = [references[n] for n in in_index]
             try:
-                out[in_index] = self.index.vectors([references[n] for n in in_index])  # type: ignore[misc]
+                out[in_index] = self.index.vectors(ids)  # type: ignore[misc]
             except NotImplementedError:
                 in_index = []
+            else:
+                if norms is not None:
+                    norms[in_index] = self.index.norms(ids)
         else:
             in_index = []
         rest = [n for n in range(len(references)) if n not in set(in_index)]
         if rest:
-            out[rest] = self.backbone.encode_images([self._image(references[n]) for n in rest])
-        return out
+            raw = self.backbone.encode_images([self._image(references[n]) for n in rest], normalize=False)
+            n_raw = raw.norm(dim=-1).clamp_min(1e-12)
+            out[rest] = raw / n_raw.unsqueeze(-1)
+            if norms is not None:
+                norms[rest] = n_raw
+        return out, norms
 
     def _image(self, ref: ImageLike | str) -> ImageLike:
         if isinstance(ref, str) and ref in self.paths:
@@ -82,8 +98,8 @@ class Retriever:
     def make_batch(self, references: Sequence[ImageLike | str], texts: Sequence[str]) -> QueryBatch:
         ids = [r if isinstance(r, str) and r in self.paths else None for r in references]
         images = [self._image(r) for r in references] if self.method.needs_pixels else None
-        return QueryBatch(list(texts), self.reference_features(references), images,
-                          [i or "" for i in ids])
+        feats, norms = self._reference_features(references, self.method.needs_raw)
+        return QueryBatch(list(texts), feats, images, [i or "" for i in ids], reference_norms=norms)
 
     @torch.no_grad()
     def search_batch(self, batch: QueryBatch, k: int = 10, exclude: Sequence[Sequence[str] | None] | None = None,

@@ -6,6 +6,12 @@ tokenizer, so ``create_backbone(spec)`` is all a user needs::
     model = create_backbone("tiny:world")
     img = model.encode_images(["a.png", "b.png"])      # (2, D), L2-normalised
     txt = model.encode_texts(["a red circle"])          # (1, D), L2-normalised
+    raw = model.encode_images(["a.png"], normalize=False)  # the raw projected feature
+
+``normalize=False`` on every ``forward_*``/``encode_*`` call gives the raw projected
+feature, the input the official learned modules (Pic2Word, SEARLE, LinCIR phi, the
+CLIP4Cir Combiner) were trained on; ``normalize=True`` (the default) is its L2-normalised
+direction, what retrieval ranks by.
 
 Subclasses implement the differentiable ``forward_*`` hooks; the high-level
 ``encode_*`` calls batch, preprocess and run them without gradients.
@@ -23,6 +29,7 @@ from pathlib import Path
 from typing import Any, Iterable, Sequence, Union
 
 import torch
+import torch.nn.functional as F
 from PIL import Image
 from torch import nn
 from tqdm.auto import tqdm
@@ -31,6 +38,19 @@ from ..imaging import DEFAULT_BOUNDS, ImageBounds, check_size, open_image
 
 ImageLike = Union[str, os.PathLike, Image.Image]
 PLACEHOLDER = "$"
+
+
+def finish(features: torch.Tensor, normalize: bool) -> torch.Tensor:
+    """A backbone's last step: the raw projected ``features`` as float32, L2-normalised when asked."""
+    features = features.float()
+    return F.normalize(features, dim=-1) if normalize else features
+
+
+def placeholder_mask(ids: torch.Tensor, placeholder_id: int, first_only: bool = False) -> torch.Tensor:
+    """(B, L) bool mask of where the pseudo token goes: every ``placeholder_id`` (LinCIR's official code), or
+    with ``first_only`` the first one of each row (Pic2Word's and SEARLE's; later ones keep their embedding)."""
+    hit = ids == placeholder_id
+    return hit & (hit.long().cumsum(1) == 1) if first_only else hit
 
 
 def load_image(item: ImageLike, bounds: ImageBounds = DEFAULT_BOUNDS) -> Image.Image:
@@ -43,7 +63,8 @@ def load_image(item: ImageLike, bounds: ImageBounds = DEFAULT_BOUNDS) -> Image.I
 
 
 class Backbone(nn.Module, abc.ABC):
-    """Joint vision-language encoder. Outputs of ``forward_images``/``forward_texts`` are L2-normalised."""
+    """Joint vision-language encoder. Outputs of ``forward_images``/``forward_texts`` are L2-normalised
+    unless called with ``normalize=False`` (then the raw projected features)."""
 
     #: the spec string that created the model (recorded in index manifests and results)
     spec: str = ""
@@ -65,17 +86,18 @@ class Backbone(nn.Module, abc.ABC):
 
     # ---- differentiable forward hooks -----------------------------------------------------
     @abc.abstractmethod
-    def forward_images(self, pixels: torch.Tensor) -> torch.Tensor:
-        """(B, C, H, W) -> (B, D) normalised image embeddings."""
+    def forward_images(self, pixels: torch.Tensor, normalize: bool = True) -> torch.Tensor:
+        """(B, C, H, W) -> (B, D) image embeddings (normalised; raw projected with ``normalize=False``)."""
 
     @abc.abstractmethod
-    def forward_texts(self, tokens: dict[str, torch.Tensor]) -> torch.Tensor:
-        """Tokenised texts -> (B, D) normalised text embeddings."""
+    def forward_texts(self, tokens: dict[str, torch.Tensor], normalize: bool = True) -> torch.Tensor:
+        """Tokenised texts -> (B, D) text embeddings (normalised; raw projected with ``normalize=False``)."""
 
     @abc.abstractmethod
-    def forward_texts_pseudo(self, tokens: dict[str, torch.Tensor], pseudo: torch.Tensor) -> torch.Tensor:
-        """Like ``forward_texts`` with every placeholder token's input embedding replaced by
-        ``pseudo[b]`` (shape (B, token_dim)); gradients flow into ``pseudo``."""
+    def forward_texts_pseudo(self, tokens: dict[str, torch.Tensor], pseudo: torch.Tensor,
+                             normalize: bool = True, first_only: bool = False) -> torch.Tensor:
+        """Like ``forward_texts`` with the input embedding of every placeholder token (``first_only``: the
+        first of each row) replaced by ``pseudo[b]`` (shape (B, token_dim)); gradients flow into ``pseudo``."""
 
     @abc.abstractmethod
     def forward_image_tokens(self, pixels: torch.Tensor) -> torch.Tensor:
@@ -97,27 +119,29 @@ class Backbone(nn.Module, abc.ABC):
         return torch.stack([self.preprocess(load_image(i)) for i in images])
 
     @torch.no_grad()
-    def encode_images(self, images: Sequence[ImageLike], batch_size: int = 64, progress: bool = False) -> torch.Tensor:
-        """Images (paths or PIL) -> (N, D) normalised float32 embeddings on the CPU."""
+    def encode_images(self, images: Sequence[ImageLike], batch_size: int = 64, progress: bool = False,
+                      normalize: bool = True) -> torch.Tensor:
+        """Images (paths or PIL) -> (N, D) float32 embeddings on the CPU (normalised unless ``normalize=False``)."""
         was_training = self.training
         self.eval()
         out = []
         steps = range(0, len(images), batch_size)
         for start in tqdm(steps, desc="encode images", unit="batch", disable=not progress):
             pixels = self.preprocess_batch(images[start:start + batch_size]).to(self.device)
-            out.append(self.forward_images(pixels).float().cpu())
+            out.append(self.forward_images(pixels, normalize=normalize).float().cpu())
         self.train(was_training)
         return torch.cat(out) if out else torch.empty(0, self.embed_dim)
 
     @torch.no_grad()
-    def encode_texts(self, texts: Sequence[str], batch_size: int = 256, progress: bool = False) -> torch.Tensor:
-        """Texts -> (N, D) normalised float32 embeddings on the CPU."""
+    def encode_texts(self, texts: Sequence[str], batch_size: int = 256, progress: bool = False,
+                     normalize: bool = True) -> torch.Tensor:
+        """Texts -> (N, D) float32 embeddings on the CPU (normalised unless ``normalize=False``)."""
         was_training = self.training
         self.eval()
         out = []
         for start in tqdm(range(0, len(texts), batch_size), desc="encode texts", disable=not progress):
             tokens = {k: v.to(self.device) for k, v in self.tokenize(list(texts[start:start + batch_size])).items()}
-            out.append(self.forward_texts(tokens).float().cpu())
+            out.append(self.forward_texts(tokens, normalize=normalize).float().cpu())
         self.train(was_training)
         return torch.cat(out) if out else torch.empty(0, self.embed_dim)
 

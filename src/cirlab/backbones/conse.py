@@ -43,7 +43,7 @@ from safetensors.torch import save_file
 
 from ..errors import CirlabError
 from . import BACKBONES
-from .base import PLACEHOLDER, Backbone
+from .base import PLACEHOLDER, Backbone, finish, placeholder_mask
 from .encoding import cache_root
 from .extras import require
 from .inject import TokenInjector, pick_placeholder
@@ -185,12 +185,12 @@ class ConseBackbone(Backbone):
         """(B, 3, 224, 224) -> (B, 1000) ImageNet class probabilities."""
         return self.classifier(pixels).float().softmax(-1)
 
-    def forward_images(self, pixels: torch.Tensor) -> torch.Tensor:
+    def forward_images(self, pixels: torch.Tensor, normalize: bool = True) -> torch.Tensor:
         probs = self.class_probabilities(pixels)
         top = probs.topk(self.config.top_k, dim=-1)
         weights = top.values / top.values.sum(-1, keepdim=True)
         emb = (weights.unsqueeze(-1) * self.class_embeddings[top.indices]).sum(1)
-        return F.normalize(emb, dim=-1)
+        return finish(emb, normalize)
 
     def forward_image_tokens(self, pixels: torch.Tensor) -> torch.Tensor:
         return self.classifier.extract_features(pixels).flatten(2).transpose(1, 2)
@@ -202,17 +202,18 @@ class ConseBackbone(Backbone):
         pooled = (hidden * mask).sum(1) / mask.sum(1).clamp_min(1e-9)
         return F.normalize(pooled.float(), dim=-1)
 
-    def forward_texts(self, tokens: dict[str, torch.Tensor]) -> torch.Tensor:
-        return F.normalize(self._embed(tokens) - self.centre, dim=-1)
+    def forward_texts(self, tokens: dict[str, torch.Tensor], normalize: bool = True) -> torch.Tensor:
+        return finish(self._embed(tokens) - self.centre, normalize)
 
-    def forward_texts_pseudo(self, tokens: dict[str, torch.Tensor], pseudo: torch.Tensor) -> torch.Tensor:
+    def forward_texts_pseudo(self, tokens: dict[str, torch.Tensor], pseudo: torch.Tensor,
+                             normalize: bool = True, first_only: bool = False) -> torch.Tensor:
         ids = tokens["input_ids"]
         if self.placeholder_id is None:
             raise CirlabError("conse backbone: the MiniLM tokenizer has no single-token placeholder")
         if pseudo.shape != (ids.shape[0], self.token_dim):
             raise CirlabError(f"pseudo tokens have shape {tuple(pseudo.shape)}, expected ({ids.shape[0]}, {self.token_dim})")
-        with self._injector.active(ids == self.placeholder_id, pseudo):
-            return self.forward_texts(tokens)
+        with self._injector.active(placeholder_mask(ids, self.placeholder_id, first_only), pseudo):
+            return self.forward_texts(tokens, normalize)
 
     def token_embedding_weight(self) -> torch.Tensor:
         return self.text.get_input_embeddings().weight

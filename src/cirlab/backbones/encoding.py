@@ -2,7 +2,8 @@
 and a per-image feature cache.
 
 ``encode_images(backbone, images)`` returns the same (N, D) normalised float32
-features as ``backbone.encode_images`` but
+features as ``backbone.encode_images`` (raw projected ones with ``normalize=False``;
+the cache keeps the raw features) but
 
 * decodes and preprocesses in DataLoader worker processes while the model runs;
 * picks the device (``cuda`` > ``mps`` > ``cpu``) unless told otherwise, and runs
@@ -261,7 +262,8 @@ class FeatureCache:
 def model_key(backbone: Backbone, amp_dtype: torch.dtype | None = None) -> dict[str, Any]:
     """What identifies a backbone's image features: spec, weights, preprocessing, autocast dtype."""
     return {"spec": backbone.spec or type(backbone).__qualname__, "weights": weights_fingerprint(backbone),
-            "preprocess": preprocess_fingerprint(backbone), "autocast": str(amp_dtype) if amp_dtype else "float32"}
+            "preprocess": preprocess_fingerprint(backbone), "autocast": str(amp_dtype) if amp_dtype else "float32",
+            "features": "raw"}
 
 
 # ---- the loader -------------------------------------------------------------------------------
@@ -299,8 +301,9 @@ def image_loader(backbone: Backbone, items: Sequence[ImageLike], batch_size: int
 def encode_images(backbone: Backbone, images: Sequence[ImageLike], batch_size: int = 64, *,
                   num_workers: int | None = None, device: str | torch.device | None = "auto", amp: bool = True,
                   cache: FeatureCache | str | os.PathLike[str] | bool | None = True, progress: bool = True,
-                  stats: EncodeStats | None = None) -> torch.Tensor:
-    """(N, D) normalised float32 features of ``images`` (paths or PIL images), on the CPU.
+                  stats: EncodeStats | None = None, normalize: bool = True) -> torch.Tensor:
+    """(N, D) float32 features of ``images`` (paths or PIL images), on the CPU: normalised, or the raw
+    projected ones with ``normalize=False`` (what the cache stores).
 
     ``device="auto"`` moves a backbone that is on the CPU to the best device available (and leaves it
     there); ``device=None`` keeps it where it is. ``cache=True`` uses the default cache (``open_cache``);
@@ -317,7 +320,6 @@ def encode_images(backbone: Backbone, images: Sequence[ImageLike], batch_size: i
     out = torch.empty(len(images), backbone.embed_dim)
     if not images:
         return out
-
     todo: list[int] = list(range(len(images)))
     hashes: list[bytes] = []
     model = ""
@@ -346,7 +348,7 @@ def encode_images(backbone: Backbone, images: Sequence[ImageLike], batch_size: i
         try:
             for pixels in loader:
                 with ctx:
-                    feats = backbone.forward_images(pixels.to(dev, non_blocking=True)).float().cpu()
+                    feats = backbone.forward_images(pixels.to(dev, non_blocking=True), normalize=False).float().cpu()
                 rows = todo[done:done + len(feats)]
                 out[rows] = feats
                 if store is not None:
@@ -361,7 +363,7 @@ def encode_images(backbone: Backbone, images: Sequence[ImageLike], batch_size: i
             for i, h in enumerate(hashes):
                 if h in index and index[h] != i:
                     out[i] = out[index[h]]
-    return out
+    return torch.nn.functional.normalize(out, dim=-1) if normalize else out
 
 
 __all__ = ["EncodeStats", "FeatureCache", "autocast_dtype", "cache_root", "default_cache_path", "default_workers",

@@ -31,13 +31,12 @@ from pathlib import Path
 from typing import Any, Callable, Sequence
 
 import torch
-import torch.nn.functional as F
 from PIL import Image
 from torch import nn
 
 from ..errors import CirlabError
 from . import BACKBONES
-from .base import PLACEHOLDER, Backbone
+from .base import PLACEHOLDER, Backbone, finish, placeholder_mask
 from .extras import require
 from .inject import TokenInjector, pick_placeholder
 
@@ -117,9 +116,9 @@ class HFBackbone(Backbone):
         return {k: v for k, v in cfg.items() if not k.startswith("_")}
 
     # ---- forward hooks ---------------------------------------------------------------------
-    def forward_images(self, pixels: torch.Tensor) -> torch.Tensor:
+    def forward_images(self, pixels: torch.Tensor, normalize: bool = True) -> torch.Tensor:
         out = self.model.get_image_features(pixel_values=pixels.to(self.model.dtype))
-        return F.normalize(out.pooler_output.float(), dim=-1)
+        return finish(out.pooler_output, normalize)
 
     def forward_image_tokens(self, pixels: torch.Tensor) -> torch.Tensor:
         vision = self.model.vision_model
@@ -130,22 +129,23 @@ class HFBackbone(Backbone):
             tokens = vision.post_layernorm(tokens)
         return tokens
 
-    def forward_texts(self, tokens: dict[str, torch.Tensor]) -> torch.Tensor:
+    def forward_texts(self, tokens: dict[str, torch.Tensor], normalize: bool = True) -> torch.Tensor:
         kwargs = {"input_ids": tokens["input_ids"]}
         if self.family.use_attention_mask and "attention_mask" in tokens:
             kwargs["attention_mask"] = tokens["attention_mask"]
         out = self.model.get_text_features(**kwargs)
-        return F.normalize(out.pooler_output.float(), dim=-1)
+        return finish(out.pooler_output, normalize)
 
-    def forward_texts_pseudo(self, tokens: dict[str, torch.Tensor], pseudo: torch.Tensor) -> torch.Tensor:
+    def forward_texts_pseudo(self, tokens: dict[str, torch.Tensor], pseudo: torch.Tensor,
+                             normalize: bool = True, first_only: bool = False) -> torch.Tensor:
         if self.placeholder_id is None:
             raise CirlabError(f"hf backbone {self.spec or self.source!r}: its tokenizer has no single-token "
                               f"placeholder among {PLACEHOLDER_CANDIDATES}; pseudo-word methods cannot run on it")
         ids = tokens["input_ids"]
         if pseudo.shape != (ids.shape[0], self.token_dim):
             raise CirlabError(f"pseudo tokens have shape {tuple(pseudo.shape)}, expected ({ids.shape[0]}, {self.token_dim})")
-        with self._injector.active(ids == self.placeholder_id, pseudo):
-            return self.forward_texts(tokens)
+        with self._injector.active(placeholder_mask(ids, self.placeholder_id, first_only), pseudo):
+            return self.forward_texts(tokens, normalize)
 
     def token_embedding_weight(self) -> torch.Tensor:
         return self._token_embedding.weight

@@ -21,13 +21,12 @@ from pathlib import Path
 from typing import Any, Sequence
 
 import torch
-import torch.nn.functional as F
 from PIL import Image
 from safetensors.torch import save_file
 
 from ..errors import CirlabError
 from . import BACKBONES
-from .base import PLACEHOLDER, Backbone
+from .base import PLACEHOLDER, Backbone, finish, placeholder_mask
 from .extras import require
 from .inject import TokenInjector
 
@@ -94,8 +93,8 @@ class OpenClipBackbone(Backbone):
         return {"input_ids": self.tokenizer(list(texts))}
 
     # ---- forward hooks ---------------------------------------------------------------------
-    def forward_images(self, pixels: torch.Tensor) -> torch.Tensor:
-        return F.normalize(self.model.encode_image(pixels).float(), dim=-1)
+    def forward_images(self, pixels: torch.Tensor, normalize: bool = True) -> torch.Tensor:
+        return finish(self.model.encode_image(pixels), normalize)
 
     def forward_image_tokens(self, pixels: torch.Tensor) -> torch.Tensor:
         visual = self.model.visual
@@ -109,18 +108,19 @@ class OpenClipBackbone(Backbone):
             visual.output_tokens = before
         return tokens
 
-    def forward_texts(self, tokens: dict[str, torch.Tensor]) -> torch.Tensor:
-        return F.normalize(self.model.encode_text(tokens["input_ids"]).float(), dim=-1)
+    def forward_texts(self, tokens: dict[str, torch.Tensor], normalize: bool = True) -> torch.Tensor:
+        return finish(self.model.encode_text(tokens["input_ids"]), normalize)
 
-    def forward_texts_pseudo(self, tokens: dict[str, torch.Tensor], pseudo: torch.Tensor) -> torch.Tensor:
+    def forward_texts_pseudo(self, tokens: dict[str, torch.Tensor], pseudo: torch.Tensor,
+                             normalize: bool = True, first_only: bool = False) -> torch.Tensor:
         ids = tokens["input_ids"]
         if self.placeholder_id is None:
             raise CirlabError(f"openclip backbone {self.model_name!r}: no single-token placeholder among "
                               f"{PLACEHOLDER_CANDIDATES}")
         if pseudo.shape != (ids.shape[0], self.token_dim):
             raise CirlabError(f"pseudo tokens have shape {tuple(pseudo.shape)}, expected ({ids.shape[0]}, {self.token_dim})")
-        with self._injector.active(ids == self.placeholder_id, pseudo):
-            return self.forward_texts(tokens)
+        with self._injector.active(placeholder_mask(ids, self.placeholder_id, first_only), pseudo):
+            return self.forward_texts(tokens, normalize)
 
     def token_embedding_weight(self) -> torch.Tensor:
         return self._token_embedding.weight

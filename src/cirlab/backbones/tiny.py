@@ -16,14 +16,13 @@ from typing import Sequence
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 from PIL import Image
 from safetensors.torch import load_file, save_file
 from torch import nn
 
 from ..errors import CirlabError
 from . import BACKBONES
-from .base import PLACEHOLDER, Backbone
+from .base import PLACEHOLDER, Backbone, finish, placeholder_mask
 
 ASSETS = Path(__file__).resolve().parent.parent / "assets"
 SPECIALS = ["[PAD]", "[BOS]", "[EOS]", "[UNK]", PLACEHOLDER]
@@ -160,22 +159,23 @@ class TinyBackbone(Backbone):
         return self.tokenizer(texts)
 
     # forward hooks ---------------------------------------------------------------------------
-    def forward_images(self, pixels: torch.Tensor) -> torch.Tensor:
-        return F.normalize(self.visual(pixels), dim=-1)
+    def forward_images(self, pixels: torch.Tensor, normalize: bool = True) -> torch.Tensor:
+        return finish(self.visual(pixels), normalize)
 
     def forward_image_tokens(self, pixels: torch.Tensor) -> torch.Tensor:
         return self.visual.tokens(pixels)[:, 1:]
 
-    def forward_texts(self, tokens: dict[str, torch.Tensor]) -> torch.Tensor:
+    def forward_texts(self, tokens: dict[str, torch.Tensor], normalize: bool = True) -> torch.Tensor:
         x = self.text.embed(tokens["input_ids"])
-        return F.normalize(self.text.forward_embeds(x, tokens["attention_mask"]), dim=-1)
+        return finish(self.text.forward_embeds(x, tokens["attention_mask"]), normalize)
 
-    def forward_texts_pseudo(self, tokens: dict[str, torch.Tensor], pseudo: torch.Tensor) -> torch.Tensor:
+    def forward_texts_pseudo(self, tokens: dict[str, torch.Tensor], pseudo: torch.Tensor,
+                             normalize: bool = True, first_only: bool = False) -> torch.Tensor:
         ids = tokens["input_ids"]
         x = self.text.embed(ids)
-        where = (ids == self.tokenizer.placeholder_id).unsqueeze(-1)
+        where = placeholder_mask(ids, self.tokenizer.placeholder_id, first_only).unsqueeze(-1)
         x = torch.where(where, pseudo.to(x.dtype).unsqueeze(1).expand_as(x), x)
-        return F.normalize(self.text.forward_embeds(x, tokens["attention_mask"]), dim=-1)
+        return finish(self.text.forward_embeds(x, tokens["attention_mask"]), normalize)
 
     def token_embedding_weight(self) -> torch.Tensor:
         return self.text.embed.weight

@@ -6,6 +6,12 @@ Optional kinds (``faiss``, ``milvus``) are imported on first use, so their
 packages are only needed when they are used. Every backend's ``save`` writes its
 files atomically (write-then-rename) and then the manifest (``index.json``) with
 the common fields of ``manifest_fields``; ``load_index`` checks them.
+
+Raw features: the index searches L2-normalised vectors, and beside them keeps the L2
+norm of each image's raw projected feature (``add_raw`` stores both; saved as
+``norms.safetensors``, in the manifest's id order, for every backend). ``raw_vectors(ids)``
+gives back ``norm * vector``, what the official learned modules take as input. An index
+saved before norms were kept loads as before and says so when raw features are asked for.
 """
 from __future__ import annotations
 
@@ -25,6 +31,7 @@ from ..fileutil import atomic_write_text, seal
 from ..registry import Registry
 
 MANIFEST = "index.json"
+NORMS = "norms.safetensors"
 METRIC = "ip"  # every backend ranks by inner product of L2-normalised vectors (= cosine)
 # optional kinds: registry name -> module under cirlab.index, imported by ``ensure_kind``
 OPTIONAL_KINDS = {"faiss": "faiss_index", "milvus": "milvus_index"}
@@ -109,6 +116,10 @@ class VectorIndex(abc.ABC):
 
     spec: str = ""
     dim: int
+    #: id -> L2 norm of that image's raw feature (set per instance by ``set_norms``)
+    _norms: dict[str, float] | None = None
+    #: where the index was loaded from (named in errors)
+    source: str = ""
 
     @abc.abstractmethod
     def add(self, ids: Sequence[str], vectors: Any) -> None: ...
@@ -149,9 +160,87 @@ class VectorIndex(abc.ABC):
         dup = [i for i in ids if i in present]
         if dup or len(set(ids)) != len(ids):
             raise ValueError(f"id(s) already in the index: {dup[:5] or 'duplicates within the batch'}")
+        self._forget_norms(ids)  # vectors added without ``add_raw`` carry no raw norm
 
     def vectors(self, ids: Sequence[str]) -> torch.Tensor:
         raise NotImplementedError(f"{type(self).__name__} does not return stored vectors")
+
+    # -- raw-feature norms (shared by every backend) --------------------------------------------
+    def add_raw(self, ids: Sequence[str], raw: Any) -> None:
+        """Add raw (unnormalised) features: the index stores their directions and their L2 norms."""
+        x = as_tensor(raw)
+        if x.ndim != 2:
+            raise IndexMismatchError(f"raw features of shape {tuple(x.shape)}: expected (N, {self.dim})")
+        norms = x.norm(dim=-1)
+        self.add(ids, x / norms.clamp_min(1e-12).unsqueeze(-1))
+        self.set_norms(ids, norms)
+
+    def set_norms(self, ids: Sequence[str], norms: Any) -> None:
+        n = as_tensor(norms).reshape(-1)
+        if len(n) != len(ids):
+            raise ValueError(f"{len(ids)} ids for {len(n)} norms")
+        if not bool(torch.isfinite(n).all()) or bool((n <= 0).any()):
+            raise ValueError("raw-feature norms must be finite and positive")
+        if self._norms is None:
+            self._norms = {}
+        self._norms.update(zip(ids, n.tolist()))
+
+    def _forget_norms(self, ids: Sequence[str]) -> None:
+        if self._norms:
+            for i in ids:
+                self._norms.pop(i, None)
+
+    def has_norms(self, ids: Sequence[str] | None = None) -> bool:
+        """Whether the raw-feature norms of ``ids`` (default: every id) are known."""
+        table = self._norms or {}
+        return all(i in table for i in (self.ids if ids is None else ids))
+
+    def norms(self, ids: Sequence[str]) -> torch.Tensor:
+        """(N,) L2 norms of the raw image features of ``ids``."""
+        table = self._norms or {}
+        missing = [i for i in ids if i not in table]
+        if missing:
+            where = f"the index in {self.source}" if self.source else "this index"
+            raise IndexMismatchError(
+                f"{where} holds no raw-feature norm for {missing[0]!r}"
+                f"{f' and {len(missing) - 1} more' if len(missing) > 1 else ''}: raw image features are unavailable "
+                f"(it was built before cirlab kept them, or the vectors were added without `add_raw`); a method that "
+                f"takes raw features needs the index rebuilt with `cirlab index`")
+        return torch.tensor([table[i] for i in ids], dtype=torch.float32)
+
+    def raw_vectors(self, ids: Sequence[str]) -> torch.Tensor:
+        """The raw image features of ``ids``: stored direction times stored norm."""
+        return self.vectors(ids) * self.norms(ids).unsqueeze(-1)
+
+    def save_norms(self, directory: str | os.PathLike[str]) -> list[str]:
+        """Write ``norms.safetensors`` (manifest id order) when every id has a norm; called by each ``save``,
+        which seals the returned file names into the manifest."""
+        ids = self.ids
+        if not ids or not self.has_norms(ids):
+            return []  # the manifest says raw_norms: false, so a stale file is never read
+        from safetensors.torch import save_file
+
+        p = Path(directory) / NORMS
+        tmp = p.with_name(NORMS + ".tmp")
+        save_file({"norms": self.norms(ids).contiguous()}, str(tmp))
+        os.replace(tmp, p)
+        return [NORMS]
+
+    def load_norms(self, directory: str | os.PathLike[str], manifest: dict[str, Any]) -> None:
+        self.source = str(directory)
+        if not manifest.get("raw_norms"):
+            return
+        p = Path(directory) / NORMS
+        if not p.is_file():
+            raise IndexMismatchError(f"{p} not found, though {MANIFEST} says the index keeps raw-feature norms; "
+                                     f"rebuild the index")
+        from safetensors.torch import load_file
+
+        n = load_file(str(p))["norms"]
+        ids = manifest.get("ids") or self.ids
+        if len(n) != len(ids):
+            raise IndexMismatchError(f"{p}: {len(n)} norms for {len(ids)} ids in {MANIFEST}; rebuild the index")
+        self._norms = dict(zip(ids, n.tolist()))
 
     def count(self) -> int:
         return len(self)
@@ -162,7 +251,8 @@ class VectorIndex(abc.ABC):
 
         ids = self.ids
         return {"index": self.spec, "dim": self.dim, "metric": METRIC, "count": len(ids), "ids": ids,
-                "ids_checksum": ids_checksum(ids), "cirlab": __version__}
+                "ids_checksum": ids_checksum(ids), "cirlab": __version__,
+                "raw_norms": bool(ids) and self.has_norms(ids)}
 
 
 INDEXES: Registry[VectorIndex] = Registry("index")
@@ -238,6 +328,7 @@ def load_index(directory: str | os.PathLike[str], backbone_spec: str | None = No
         raise IndexMismatchError(f"{directory}: the {kind} index cannot be read ({type(e).__name__}: {e}); "
                                  f"{REPAIR_HINT}") from None
     index.spec = manifest.get("index", kind)
+    index.load_norms(directory, manifest)
     if "count" in manifest and len(index) != manifest["count"]:
         raise IndexMismatchError(f"{directory}: the {kind} index holds {len(index)} vectors but {MANIFEST} "
                                  f"says count={manifest['count']}; the index was changed after it was saved, rebuild it")

@@ -3,8 +3,10 @@
 ``build_index(backbone, gallery, directory)`` encodes the gallery in chunks
 (each chunk saved as it completes, so an interrupted run resumes where it
 stopped), then writes the index and its manifest (backbone spec, weights
-fingerprint, dim, count, ids). Calling it again on an unchanged gallery with
-the same backbone loads the saved index and encodes nothing.
+fingerprint, dim, count, ids). Chunks hold the raw projected features; the
+index stores their directions and norms (``VectorIndex.add_raw``). Calling it
+again on an unchanged gallery with the same backbone loads the saved index and
+encodes nothing (an index saved before norms were kept is built once more).
 
 Images are encoded through the shared feature cache
 (``cirlab.backbones.encoding``: keyed by backbone fingerprint + preprocessing +
@@ -40,7 +42,7 @@ PATHS_ROOT = "paths_root"
 
 def _chunk_state(backbone: Backbone, gallery: Gallery, chunk_size: int) -> dict[str, Any]:
     return {"backbone": backbone.spec, "fingerprint": backbone.fingerprint(), "ids": ids_checksum(gallery.ids),
-            "chunk_size": chunk_size}
+            "chunk_size": chunk_size, "features": "raw"}
 
 
 def prepare_chunks(backbone: Backbone, gallery: Gallery, work_dir: Path, chunk_size: int) -> Path:
@@ -104,9 +106,10 @@ def missing_chunks(cdir: Path, n: int, chunk_size: int) -> list[int]:
 
 def encode_gallery(backbone: Backbone, gallery: Gallery, work_dir: Path, chunk_size: int = 2048,
                    batch_size: int = 64, progress: bool = True, cache: FeatureCache | str | bool | None = True,
-                   stats: EncodeStats | None = None) -> torch.Tensor:
-    """(N, D) features of the gallery; finished chunks under ``work_dir/chunks`` are reused, and the
-    other images are looked up in the feature cache (``cache``: see ``encoding.open_cache``) first."""
+                   stats: EncodeStats | None = None, normalize: bool = True) -> torch.Tensor:
+    """(N, D) features of the gallery (raw with ``normalize=False``); finished chunks (raw features) under
+    ``work_dir/chunks`` are reused, and the other images are looked up in the feature cache (``cache``: see
+    ``encoding.open_cache``) first."""
     cdir = prepare_chunks(backbone, gallery, Path(work_dir), chunk_size)
     store = open_cache(cache)
     stats = stats if stats is not None else EncodeStats()
@@ -117,14 +120,16 @@ def encode_gallery(backbone: Backbone, gallery: Gallery, work_dir: Path, chunk_s
         x = read_chunk(path, hi - lo)
         if x is None:
             x = encode_images(backbone, gallery.paths[lo:hi], batch_size=batch_size, device=None,
-                              cache=store if store is not None else False, progress=False, stats=stats)
+                              cache=store if store is not None else False, progress=False, stats=stats,
+                              normalize=False)
             write_chunk(path, x)
         else:
             stats.add(EncodeStats(hi - lo, hi - lo, 0))
         feats.append(x)
         bar.update(hi - lo)
     bar.close()
-    return torch.cat(feats) if feats else torch.empty(0, backbone.embed_dim)
+    out = torch.cat(feats) if feats else torch.empty(0, backbone.embed_dim)
+    return torch.nn.functional.normalize(out, dim=-1) if normalize else out
 
 
 def build_index(backbone: Backbone, gallery: Gallery, directory: str | os.PathLike[str], index_spec: str = "exact",
@@ -169,10 +174,11 @@ def build_index(backbone: Backbone, gallery: Gallery, directory: str | os.PathLi
             encode_chunks_ray(backbone, gallery, d, chunk_size=chunk_size, batch_size=batch_size,
                               address=None if ray is True or ray == "" else str(ray), progress=progress,
                               **(ray_options or {}))
-        feats = encode_gallery(backbone, gallery, d, chunk_size, batch_size, progress, cache=cache, stats=stats)
+        raw = encode_gallery(backbone, gallery, d, chunk_size, batch_size, progress, cache=cache, stats=stats,
+                             normalize=False)
         log.info("gallery of %d images: %s", len(gallery), stats)
         index = create_index(index_spec, dim=backbone.embed_dim)
-        index.add(gallery.ids, feats)
+        index.add_raw(gallery.ids, raw)
         manifest = {"backbone": backbone.spec, "fingerprint": backbone.fingerprint(),
                     "ids_checksum": ids_checksum(gallery.ids), **relative_paths(d, gallery.paths),
                     "cirlab": __version__, **(extra or {})}
@@ -203,6 +209,9 @@ def _reuse(backbone: Backbone, gallery: Gallery, d: Path, index_spec: str, repai
         return None
     if not m.get(FILES_KEY):
         log.info("%s: the saved index records no checksums (an older cirlab); building it again", d)
+        return None
+    if not m.get("raw_norms"):
+        log.info("%s: the saved index keeps no raw-feature norms (an older cirlab); building it again", d)
         return None
     try:
         check_files(d, m, full=True)

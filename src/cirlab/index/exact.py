@@ -80,6 +80,7 @@ class ExactIndex(VectorIndex):
         self._x = torch.cat([self._x, x.to(self.dtype)])
 
     def remove(self, ids: Sequence[str]) -> int:
+        self._forget_norms(ids)
         drop = sorted({self._pos[i] for i in ids if i in self._pos})
         if not drop:
             return 0
@@ -167,7 +168,7 @@ class ExactIndex(VectorIndex):
             self.spec = "exact"
         m.update(self.manifest_fields())
         m["dtype"] = str(self.dtype).replace("torch.", "")
-        write_manifest(d, m, files=[FEATURES])
+        write_manifest(d, m, files=[FEATURES, *self.save_norms(d)])
         return d
 
     @staticmethod

@@ -148,6 +148,7 @@ class FaissIndex(VectorIndex):
             self._id_of[lab] = i
 
     def remove(self, ids: Sequence[str]) -> int:
+        self._forget_norms(ids)
         labels = [self._label[i] for i in dict.fromkeys(ids) if i in self._label]
         if not labels:
             return 0
@@ -198,7 +199,7 @@ class FaissIndex(VectorIndex):
         m.update(self.manifest_fields())
         m.update({"faiss_factory": self.factory, "faiss_version": faiss.__version__,
                   "search_params": self.search_params, "train_size": self.train_size, "seed": self.seed})
-        write_manifest(d, m, files=[INDEX_FILE, LABELS_FILE])
+        write_manifest(d, m, files=[INDEX_FILE, LABELS_FILE, *self.save_norms(d)])
         return d
 
     @staticmethod

@@ -112,6 +112,7 @@ class MilvusIndex(VectorIndex):
             self._ids.update(dict.fromkeys(ids[start:start + self.batch]))
 
     def remove(self, ids: Sequence[str]) -> int:
+        self._forget_norms(ids)
         present = [i for i in dict.fromkeys(ids) if i in self._ids]
         if present:
             self.client.delete(self.collection, ids=present)
@@ -167,7 +168,7 @@ class MilvusIndex(VectorIndex):
         m.update(self.manifest_fields())
         m.update({"milvus_uri": uri, "collection": self.collection, "index_type": self.index_type,
                   "milvus_params": self.params, "batch": self.batch})
-        write_manifest(d, m)
+        write_manifest(d, m, files=self.save_norms(d))
         return d
 
     @staticmethod

@@ -51,7 +51,7 @@ class ChunkEncoder:
         self.batch_size = batch_size
 
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-        feats = self.model.encode_images([str(p) for p in batch["path"]], batch_size=self.batch_size)
+        feats = self.model.encode_images([str(p) for p in batch["path"]], batch_size=self.batch_size, normalize=False)
         return {"pos": np.asarray(batch["pos"], dtype=np.int64), "features": feats.numpy().astype(np.float32)}
 
 

@@ -4,6 +4,11 @@ A method owns a backbone. ``compose`` returns L2-normalised queries in the
 backbone's joint space, searched against the gallery's image features; a method
 may also ``rescore`` the candidate list an index returns (any backend passes the
 candidate ids, their scores and their stored features).
+
+Raw features: a method that declares ``needs_raw = True`` (its learned module was
+trained on raw projected CLIP features, as every official Pic2Word, SEARLE, LinCIR
+and CLIP4Cir module was) gets ``QueryBatch.reference_norms`` filled by the retriever,
+so ``batch.raw_reference_features`` is exactly the backbone's unnormalised feature.
 """
 from __future__ import annotations
 
@@ -14,6 +19,7 @@ import torch
 from torch import nn
 
 from ..backbones.base import Backbone, ImageLike
+from ..errors import CirlabError
 
 
 @dataclass
@@ -21,8 +27,9 @@ class QueryBatch:
     """One batch of composed queries.
 
     ``reference_features`` are the references' image embeddings (usually read from the
-    gallery index, so they are not encoded twice); ``reference_images`` are paths/PIL
-    images for methods that need pixels (patch tokens, generators).
+    gallery index, so they are not encoded twice), L2-normalised; ``reference_norms`` the L2
+    norms of their raw features (filled for methods with ``needs_raw``); ``reference_images``
+    are paths/PIL images for methods that need pixels (patch tokens, generators).
     """
 
     texts: list[str]
@@ -30,9 +37,18 @@ class QueryBatch:
     reference_images: Sequence[ImageLike] | None = None
     reference_ids: list[str] | None = None
     extra: dict[str, Any] = field(default_factory=dict)
+    reference_norms: torch.Tensor | None = None
 
     def __len__(self) -> int:
         return len(self.texts)
+
+    @property
+    def raw_reference_features(self) -> torch.Tensor:
+        """The references' raw projected image features (normalised feature x stored norm)."""
+        if self.reference_norms is None:
+            raise CirlabError("this query batch carries no raw-feature norms: the method must declare "
+                              "needs_raw = True so the retriever fills them")
+        return self.reference_features * self.reference_norms.to(self.reference_features).unsqueeze(-1)
 
 
 class Method(nn.Module):
@@ -46,6 +62,8 @@ class Method(nn.Module):
     #: slow per query (an optimisation or a generation at query time): a server offers it only when it is
     #: listed explicitly, and runs it in a queue of its own so cheap queries never wait behind it
     expensive: bool = False
+    #: whether ``compose`` reads ``batch.raw_reference_features`` (the retriever then fills the norms)
+    needs_raw: bool = False
 
     def __init__(self, backbone: Backbone) -> None:
         super().__init__()

@@ -4,6 +4,11 @@ Each composes the query as the text feature of the query template ("a photo of $
 {text}") with ``$`` replaced by a pseudo-word token computed from the reference's
 image feature: by a trained mapping network phi (Pic2Word, SEARLE-phi, LinCIR), or
 by optimising a token per reference at query time (SEARLE-OTI).
+
+phi's input: the L2-normalised image feature for checkpoints trained by cirlab so far,
+or the raw projected feature when its config says ``raw_input`` (as the official
+Pic2Word, SEARLE and LinCIR code feed it, and as imported official checkpoints are
+configured); the method then declares ``needs_raw`` so the retriever fills the norms.
 """
 from __future__ import annotations
 
@@ -33,12 +38,17 @@ class PseudoWordMethod(Method):
     def query_texts(self, texts: list[str]) -> list[str]:
         return [self.prompts.query_prompt(t, self.backbone.placeholder) for t in texts]
 
+    def input_features(self, batch: QueryBatch) -> torch.Tensor:
+        """What ``pseudo_tokens`` takes: the raw features when the method ``needs_raw``, else normalised ones."""
+        if self.needs_raw:
+            return batch.raw_reference_features.float().to(self.backbone.device)
+        return F.normalize(batch.reference_features.float().to(self.backbone.device), dim=-1)
+
     def compose(self, batch: QueryBatch) -> torch.Tensor:
         dev = self.backbone.device
-        feats = F.normalize(batch.reference_features.float().to(dev), dim=-1)
-        pseudo = self.pseudo_tokens(feats)
+        pseudo = self.pseudo_tokens(self.input_features(batch))
         tokens = {k: v.to(dev) for k, v in self.backbone.tokenize(self.query_texts(batch.texts)).items()}
-        return self.backbone.forward_texts_pseudo(tokens, pseudo.to(dev)).float()
+        return self.backbone.forward_texts_pseudo(tokens, pseudo.to(dev), first_only=self.prompts.first_only).float()
 
 
 class PhiMethod(PseudoWordMethod):
@@ -51,6 +61,7 @@ class PhiMethod(PseudoWordMethod):
         self.phi = checkpoint.phi.to(backbone.device).eval()
         self.prompts = checkpoint.prompts
         self.source = source
+        self.needs_raw = checkpoint.phi.cfg.raw_input
 
     def pseudo_tokens(self, features: torch.Tensor) -> torch.Tensor:
         return self.phi(features.to(next(self.phi.parameters()).dtype))
@@ -58,7 +69,7 @@ class PhiMethod(PseudoWordMethod):
     def config(self) -> dict[str, Any]:
         ck = self.checkpoint
         return {"name": self.name, "checkpoint": self.source, "prompts": self.prompts.to_dict(),
-                "trained_on": ck.backbone, "training": ck.training}
+                "raw_input": self.needs_raw, "trained_on": ck.backbone, "training": ck.training}
 
 
 class SearleOTI(PseudoWordMethod):

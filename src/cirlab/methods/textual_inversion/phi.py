@@ -32,6 +32,8 @@ class PhiConfig:
     layers: int = 3
     activation: str = "relu"
     dropout: float = 0.1
+    #: phi takes the raw projected image feature (the official codes' input) instead of the normalised one
+    raw_input: bool = False
 
     def __post_init__(self) -> None:
         if self.activation not in ACTIVATIONS:

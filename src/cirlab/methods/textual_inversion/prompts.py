@@ -8,6 +8,9 @@ the backbone's own placeholder (``$`` for tiny and CLIP, ``§`` for SigLIP).
 - ``query``: the composed query, with ``{text}`` for the modification text
   ("a photo of $ that {text}"). A query text that already contains a standalone
   ``$`` (a benchmark template applied it) is used as it is.
+- ``pseudo_at``: which placeholders of a prompt receive the pseudo token: ``all`` (cirlab's
+  default and LinCIR's official code) or ``first`` (Pic2Word's and SEARLE's official code;
+  a later ``$`` in a caption keeps its own embedding).
 """
 from __future__ import annotations
 
@@ -34,8 +37,11 @@ def render(text: str, placeholder: str) -> str:
 class PromptTemplates:
     image: str = "a photo of $"
     query: str = "a photo of $ that {text}"
+    pseudo_at: str = "all"
 
     def __post_init__(self) -> None:
+        if self.pseudo_at not in ("all", "first"):
+            raise CirlabError(f"prompt templates: pseudo_at={self.pseudo_at!r}: use 'all' or 'first'")
         for field, tpl in (("image", self.image), ("query", self.query)):
             if not has_placeholder(tpl):
                 raise CirlabError(f"prompt template {field}={tpl!r}: needs the pseudo word '$' as a separate word")
@@ -54,12 +60,16 @@ class PromptTemplates:
             return render(text, placeholder)
         return render(self.query.format(text=text.strip()), placeholder)
 
+    @property
+    def first_only(self) -> bool:
+        return self.pseudo_at == "first"
+
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
 
     @staticmethod
     def from_dict(d: dict[str, Any]) -> "PromptTemplates":
-        unknown = set(d) - {"image", "query"}
+        unknown = set(d) - {"image", "query", "pseudo_at"}
         if unknown:
             raise CirlabError(f"prompt templates: unknown field(s) {sorted(unknown)}")
         return PromptTemplates(**d)
