@@ -26,8 +26,8 @@ import sys, time
 from cirlab.backbones.tiny import TinyBackbone
 log_path, slow, argv = sys.argv[1], float(sys.argv[2]), sys.argv[3:]
 real = TinyBackbone.forward_images
-def spy(self, pixels):
-    out = real(self, pixels)
+def spy(self, pixels, normalize=True):
+    out = real(self, pixels, normalize)
     time.sleep(slow)
     with open(log_path, "a") as f:
         f.write(f"{len(pixels)}\n")
@@ -107,9 +107,9 @@ def test_sigkill_mid_index_then_resume(small_world, saved_backbone, tmp_path, mo
     encoded: list[int] = []
     real = TinyBackbone.forward_images
 
-    def spy(self, pixels):
+    def spy(self, pixels, normalize=True):
         encoded.append(len(pixels))
-        return real(self, pixels)
+        return real(self, pixels, normalize)
 
     monkeypatch.setattr(TinyBackbone, "forward_images", spy)
     argv = ["index", str(small_world / "test"), "--out", str(out), "--backbone", f"tiny:{saved_backbone}",
