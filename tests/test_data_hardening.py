@@ -185,3 +185,32 @@ def test_tests_write_caches_only_under_their_temp_dirs(tmp_path_factory):
 
     base = tmp_path_factory.getbasetemp().resolve()
     assert base in cache_root().resolve().parents
+
+
+def test_a_generated_world_is_checksummed_and_checked_on_load(tmp_path, capsys):
+    from cirlab.data import load_dataset
+    from cirlab.errors import DatasetError
+
+    assert _world(tmp_path / "w", "--resolution", "16") == 0
+    root = tmp_path / "w" / "test"
+    info = json.loads((root / "dataset.json").read_text())
+    listed = [json.loads(line)["path"] for line in (root / "gallery.jsonl").read_text().splitlines()]
+    assert set(info["files"]) == {"gallery.jsonl", "triplets.jsonl", *listed}
+    for name, rec in info["files"].items():
+        assert rec["sha256"] == hashlib.sha256((root / name).read_bytes()).hexdigest()
+    ds = load_dataset(root)
+    image = root / listed[3]
+    raw = bytearray(image.read_bytes())
+    raw[len(raw) // 2] ^= 0x01
+    image.write_bytes(bytes(raw))
+    with pytest.raises(DatasetError, match=f"{image}: content changed since it was written"):
+        load_dataset(root)
+    assert main(["eval", "--data", str(root), "--methods", "sum", "--index-dir", str(tmp_path / "i")]) == 2
+    assert "the dataset changed since it was written" in capsys.readouterr().err
+    raw[len(raw) // 2] ^= 0x01
+    image.write_bytes(bytes(raw))  # restored: same bytes, a new mtime -> re-hashed, and intact
+    assert len(load_dataset(root).triplets) == len(ds.triplets)
+    with open(root / "triplets.jsonl", "a") as fh:
+        fh.write("\n")
+    with pytest.raises(DatasetError, match="triplets.jsonl: .* bytes, .* when it was written"):
+        load_dataset(root)

@@ -27,6 +27,9 @@ from .errors import CirlabError
 LOCK_NAME = ".cirlab.lock"
 HASH_BLOCK = 1 << 20
 PIN_BACK_NS = 1_000_000_000  # a sealed file's mtime is set this far before the seal
+#: the mtime files of a generated dataset are pinned to (2000-01-01T00:00:00Z), so their records, and the
+#: dataset.json that holds them, are the same on every run
+FIXED_MTIME_NS = 946_684_800 * 1_000_000_000
 
 
 def atomic_write_bytes(path: str | os.PathLike[str], data: bytes) -> None:
@@ -151,19 +154,21 @@ class FileRecord:
         return FileRecord(int(d["size"]), int(d["mtime_ns"]), str(d["sha256"]))
 
 
-def seal_file(path: str | os.PathLike[str]) -> FileRecord:
-    """Hash ``path`` and pin its mtime into the past (see the module docstring); returns its record."""
+def seal_file(path: str | os.PathLike[str], pin_ns: int | None = None) -> FileRecord:
+    """Hash ``path`` and pin its mtime into the past (see the module docstring; ``pin_ns``: this mtime
+    instead); returns its record."""
     digest = sha256_file(path)
     st = os.stat(path)
-    pinned = min(st.st_mtime_ns, time.time_ns()) - PIN_BACK_NS
+    pinned = pin_ns if pin_ns is not None else min(st.st_mtime_ns, time.time_ns()) - PIN_BACK_NS
     os.utime(path, ns=(st.st_atime_ns, pinned))
     st = os.stat(path)
     return FileRecord(st.st_size, st.st_mtime_ns, digest)
 
 
-def seal(root: str | os.PathLike[str], names: Iterable[str]) -> dict[str, dict[str, Any]]:
+def seal(root: str | os.PathLike[str], names: Iterable[str], pin_ns: int | None = None
+         ) -> dict[str, dict[str, Any]]:
     """``{name: record}`` for files named relative to ``root`` (stored in a manifest)."""
-    return {n: seal_file(Path(root) / n).to_json() for n in names}
+    return {n: seal_file(Path(root) / n, pin_ns).to_json() for n in names}
 
 
 def check_sealed(root: str | os.PathLike[str], records: Mapping[str, Mapping[str, Any]], full: bool = False

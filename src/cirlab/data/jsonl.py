@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any, Iterable, Iterator
 
 from ..errors import DatasetError
+from ..fileutil import check_sealed
 from .record import CIRDataset, CIRTriplet, Gallery
 
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".webp", ".bmp", ".gif", ".tif", ".tiff")
@@ -145,9 +146,12 @@ def load_dataset(root: str | os.PathLike[str], *, triplets: str | os.PathLike[st
                  gallery: str | os.PathLike[str] | None = None, check_files: bool = True) -> CIRDataset:
     """Load a dataset directory in the cirlab format (see the module docstring).
 
-    ``check_files`` verifies that every gallery image exists, naming the first missing ones.
+    ``check_files`` verifies that every gallery image exists, naming the first missing ones. A
+    ``dataset.json`` with ``files`` records (a generated world) has every recorded file checked
+    first: one ``stat`` each, and a re-hash of those whose size or mtime changed.
     """
     root_p = Path(root)
+    meta = _dataset_info(root_p)
     trip_p = Path(triplets) if triplets else root_p / "triplets.jsonl"
     gal_src = Path(gallery) if gallery else root_p
     if not gallery and not (root_p / "gallery.jsonl").is_file():
@@ -160,14 +164,30 @@ def load_dataset(root: str | os.PathLike[str], *, triplets: str | os.PathLike[st
             more = f" and {len(missing) - 5} more" if len(missing) > 5 else ""
             raise DatasetError(f"{gal_src}: {len(missing)} gallery image(s) missing: {first}{more}")
     trips = read_triplets(trip_p, g)
-    meta: dict[str, Any] = {}
-    info = root_p / "dataset.json"
-    if info.is_file():
-        try:
-            meta = json.loads(info.read_text())
-        except json.JSONDecodeError as e:
-            raise DatasetError(f"{info}: malformed JSON ({e.msg})") from None
     return CIRDataset(name=str(meta.get("name", root_p.name)), gallery=g, triplets=trips, root=root_p, meta=meta)
+
+
+def _dataset_info(root: Path) -> dict[str, Any]:
+    """``dataset.json`` (``{}`` when absent), after checking the files it records."""
+    info = root / "dataset.json"
+    if not info.is_file():
+        return {}
+    try:
+        meta = json.loads(info.read_text(encoding="utf-8"))
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise DatasetError(f"{info}: malformed JSON ({getattr(e, 'msg', None) or e.reason})") from None
+    if not isinstance(meta, dict):
+        raise DatasetError(f"{info}: expected a JSON object, got {type(meta).__name__}")
+    records = meta.get("files")
+    if records:
+        if not isinstance(records, dict):
+            raise DatasetError(f"{info}: field 'files' must be an object of file records")
+        problems = check_sealed(root, records)
+        if problems:
+            shown = "; ".join(problems[:5]) + (f"; and {len(problems) - 5} more" if len(problems) > 5 else "")
+            raise DatasetError(f"{root}: the dataset changed since it was written: {shown}. Regenerate it, or "
+                               f"remove the 'files' records from {info} to accept the change")
+    return meta
 
 
 def write_jsonl(path: Path, rows: Iterable[dict[str, Any]]) -> None:

@@ -24,7 +24,7 @@ from typing import Any, Iterator
 from tqdm.auto import tqdm
 
 from ..data.jsonl import write_jsonl
-from ..fileutil import atomic_write_text
+from ..fileutil import FIXED_MTIME_NS, atomic_write_text, seal
 from ..errors import CirlabError
 from .edits import EDIT_KINDS, SINGLE_EDITS, EditResult, make_edit, one_attribute_away
 from .scene import DEFAULT_STYLE, Scene, Style, caption, random_scene, render
@@ -188,7 +188,9 @@ def write_split(cfg: WorldConfig, split: str, out: Path, style: Style = DEFAULT_
     write_jsonl(root / "gallery.jsonl", gallery_rows)
     write_jsonl(root / "triplets.jsonl", rows)
     info = {"name": f"world-{split}", "world_format": WORLD_FORMAT, "split": split, "config": cfg.to_dict(),
-            "style": style.to_dict(), "images": len(scenes), "queries": len(rows)}
+            "style": style.to_dict(), "images": len(scenes), "queries": len(rows),
+            "files": seal(root, ["gallery.jsonl", "triplets.jsonl", *(r["path"] for r in gallery_rows)],
+                          pin_ns=FIXED_MTIME_NS)}
     atomic_write_text(root / "dataset.json", json.dumps(info, indent=2))
     (root / IN_PROGRESS).unlink(missing_ok=True)
     return root
