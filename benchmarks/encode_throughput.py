@@ -126,4 +126,6 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    import _machine
+
+    sys.exit(_machine.run(main))

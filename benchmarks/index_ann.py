@@ -99,4 +99,6 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    import _machine
+
+    sys.exit(_machine.run(main))

@@ -1,17 +1,20 @@
-"""Exact search: cirlab's ``exact`` index vs faiss ``IndexFlatIP`` on the same data, queries/s ratio.
+"""Exact search at the machine's limit: cirlab ``exact`` vs faiss ``IndexFlatIP``, beside the sgemm peak.
 
-    python benchmarks/index_search.py            # 100k x 512 and 1M x 512, 1000 queries
-    python benchmarks/index_search.py --quick    # 20k x 512, 200 queries
+    python benchmarks/index_search.py            # n = 20k, 100k, 1M; d = 512, 768; 1, 32, 1000 queries per call
+    python benchmarks/index_search.py --quick    # n = 20k, 100k; d = 512 (about a minute)
 
-Both run in this process with the same threads; the two are timed alternately (``--rounds``
-times each) and the best round of each is compared, so load from other processes hits both alike.
-Also prints bytes per vector (the saved index files divided by the count) for exact fp32/fp16 and
-faiss Flat. Goal: ratio (exact q/s / faiss q/s) >= 1.0.
+For every shape the same data is searched, alternately (``--rounds`` times, best round of each kept, so
+load from other processes hits all alike), by faiss ``IndexFlatIP``, ``exact`` (engine auto: what users
+get), ``exact?engine=torch`` (the torch path alone) and ``exact:fp16`` (half-precision storage, torch).
+Printed per shape: queries/s of each, the ratio exact / faiss (goal >= 0.95) and the fraction of the
+sgemm peak the auto path reaches (2 n d flops per query; the peak is torch's float32 matmul on a
+1024 x d x 8192 product, measured in this run before and after). Also bytes per vector of the saved files.
 """
 from __future__ import annotations
 
 import argparse
 import os
+import sys
 import tempfile
 import time
 from pathlib import Path
@@ -58,60 +61,109 @@ def time_best(fn, rounds: int) -> tuple[float, object]:
     return best, out
 
 
-def run(n: int, nq: int, k: int, rounds: int) -> dict:
+def sgemm_peak(d: int, rounds: int = 5) -> float:
+    """GFLOP/s of torch's float32 matmul at a search-like shape (1024 queries x d x 8192 rows), best round."""
+    a, b = torch.randn(1024, d), torch.randn(8192, d)
+    out = torch.empty(1024, 8192)
+    torch.matmul(a, b.T, out=out)
+    t, _ = time_best(lambda: torch.matmul(a, b.T, out=out), rounds)
+    return 2 * 1024 * d * 8192 / t / 1e9
+
+
+def search_rate(fn, q: np.ndarray, per_call: int) -> float:
+    """Queries/s of ``fn`` answering ``q`` in calls of ``per_call`` queries (at least 64 queries in all)."""
+    calls = max(1, min(len(q), 64) // per_call)
+    t = time.perf_counter()
+    for c in range(calls):
+        fn(q[c * per_call:(c + 1) * per_call])
+    return calls * per_call / (time.perf_counter() - t)
+
+
+def run_shape(n: int, d: int, per_call: list[int], k: int, rounds: int, peak: float) -> list[dict]:
     import faiss
 
     from cirlab.index import create_index
 
-    x, q = clustered_embeddings(n, nq=nq)
+    x, q = clustered_embeddings(n, d=d, nq=max(per_call))
     ids = [f"{i}" for i in range(n)]
-    flat = faiss.IndexFlatIP(x.shape[1])
+    flat = faiss.IndexFlatIP(d)
     flat.add(x)
-    ours = create_index("exact", dim=x.shape[1])
-    ours.add(ids, x)
-    ours16 = create_index("exact:fp16", dim=x.shape[1])
-    ours16.add(ids, x)
-    t_f, t_e, t_h = float("inf"), float("inf"), float("inf")
-    for _ in range(rounds):  # alternate, keep the best of each
-        tf, (_, fi) = time_best(lambda: flat.search(q, k), 1)
-        te, (_, ei) = time_best(lambda: ours.search(q, k), 1)
-        th, _ = time_best(lambda: ours16.search(q, k), 1)
-        t_f, t_e, t_h = min(t_f, tf), min(t_e, te), min(t_h, th)
-    agree = np.mean([len(set(map(str, a)) & set(b)) / k for a, b in zip(fi, ei)])
+    ours = {spec: create_index(spec, dim=d) for spec in ("exact", "exact?engine=torch", "exact:fp16")}
+    for idx in ours.values():
+        idx.add(ids, x)
+    rows = []
+    for m in per_call:
+        qm = q[:max(m, 64)] if m < 64 else q[:m]
+        best = {name: 0.0 for name in ["faiss", *ours]}
+        for _ in range(rounds):  # alternate, keep the best of each
+            best["faiss"] = max(best["faiss"], search_rate(lambda b: flat.search(b, k), qm, m))
+            for spec, idx in ours.items():
+                best[spec] = max(best[spec], search_rate(lambda b: idx.search(b, k), qm, m))
+        _, fi = flat.search(q[:m], k)
+        _, ei = ours["exact"].search(q[:m], k)
+        agree = float(np.mean([len(set(map(str, a)) & set(b)) / k for a, b in zip(fi, ei)]))
+        gflops = best["exact"] * 2 * n * d / 1e9
+        rows.append({"n": n, "d": d, "per_call": m, **best, "ratio": best["exact"] / best["faiss"],
+                     "ratio_torch": best["exact?engine=torch"] / best["faiss"],
+                     "ratio_fp16": best["exact:fp16"] / best["faiss"], "peak_frac": gflops / peak,
+                     "engine": ours["exact"].engine_for(m), "agree": agree})
+    return rows
+
+
+def bytes_per_vector(n: int = 20000, d: int = 512) -> dict[str, float]:
+    import faiss
+
+    from cirlab.index import create_index
+
+    x, _ = clustered_embeddings(n, d=d, nq=1)
+    out = {}
     with tempfile.TemporaryDirectory() as tmp:
-        ours.save(Path(tmp) / "e")
-        ours16.save(Path(tmp) / "h")
+        for spec in ("exact", "exact:fp16"):
+            idx = create_index(spec, dim=d)
+            idx.add([str(i) for i in range(n)], x)
+            idx.save(Path(tmp) / spec)
+            out[spec] = (Path(tmp) / spec / "features.safetensors").stat().st_size / n
+        flat = faiss.IndexFlatIP(d)
+        flat.add(x)
         faiss.write_index(flat, str(Path(tmp) / "flat.index"))
-        mem = {"exact": (Path(tmp) / "e" / "features.safetensors").stat().st_size / n,
-               "exact:fp16": (Path(tmp) / "h" / "features.safetensors").stat().st_size / n,
-               "faiss Flat": (Path(tmp) / "flat.index").stat().st_size / n}
-    return {"n": n, "nq": nq, "faiss_qps": nq / t_f, "exact_qps": nq / t_e, "fp16_qps": nq / t_h,
-            "ratio": t_f / t_e, "ratio_fp16": t_f / t_h, "agree": agree, "mem": mem}
+        out["faiss Flat"] = (Path(tmp) / "flat.index").stat().st_size / n
+    return out
 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--quick", action="store_true", help="small run (20k vectors, 200 queries)")
-    ap.add_argument("--sizes", default=None, help="comma-separated base sizes (default 100000,1000000)")
-    ap.add_argument("--queries", type=int, default=None)
-    ap.add_argument("--rounds", type=int, default=3)
+    ap.add_argument("--quick", action="store_true", help="n = 20k and 100k, d = 512 only")
+    ap.add_argument("--sizes", default=None, help="comma-separated gallery sizes (default 20000,100000,1000000)")
+    ap.add_argument("--dims", default=None, help="comma-separated dimensions (default 512,768)")
+    ap.add_argument("--per-call", default="1,32,1000", help="queries per search call")
+    ap.add_argument("--rounds", type=int, default=None, help="alternating rounds (default 3; quick 2)")
     ap.add_argument("-k", type=int, default=10)
     args = ap.parse_args()
-    sizes = [int(s) for s in (args.sizes or ("20000" if args.quick else "100000,1000000")).split(",")]
-    nq = args.queries or (200 if args.quick else 1000)
+    sizes = [int(s) for s in (args.sizes or ("20000,100000" if args.quick else "20000,100000,1000000")).split(",")]
+    dims = [int(s) for s in (args.dims or ("512" if args.quick else "512,768")).split(",")]
+    per_call = [int(s) for s in args.per_call.split(",")]
+    rounds = args.rounds or (2 if args.quick else 3)
     import faiss
 
-    print(f"# exact search, d=512, k={args.k}, {nq} queries, torch threads {torch.get_num_threads()}, "
-          f"faiss threads {faiss.omp_get_max_threads()}, cpus {os.cpu_count()}")
-    print(f"{'n':>9} {'faiss q/s':>10} {'exact q/s':>10} {'ratio':>6} {'fp16 q/s':>9} {'ratio':>6} {'top-k agree':>11}")
-    mems = {}
-    for n in sizes:
-        r = run(n, nq, args.k, args.rounds)
-        mems = r["mem"]
-        print(f"{n:>9} {r['faiss_qps']:>10.0f} {r['exact_qps']:>10.0f} {r['ratio']:>6.2f} {r['fp16_qps']:>9.0f} "
-              f"{r['ratio_fp16']:>6.2f} {r['agree']:>11.4f}", flush=True)
-    print("# bytes per vector (saved files / n): " + ", ".join(f"{k} {v:.0f}" for k, v in mems.items()))
+    print(f"# exact search, k={args.k}; torch threads {torch.get_num_threads()}, faiss threads "
+          f"{faiss.omp_get_max_threads()}, cpus {os.cpu_count()}; OPENBLAS_CORETYPE="
+          f"{os.environ.get('OPENBLAS_CORETYPE', '(unset)')}")
+    print("| n | d | queries/call | faiss q/s | exact q/s (engine) | ratio | torch path ratio | exact:fp16 ratio "
+          "| exact % of sgemm peak | top-k agreement |")
+    print("|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
+    for d in dims:
+        peak = sgemm_peak(d)
+        print(f"| sgemm peak, d={d} | | | | {peak:.0f} GFLOP/s | | | | | |", flush=True)
+        for n in sizes:
+            for r in run_shape(n, d, per_call, args.k, rounds, peak):
+                print(f"| {n:,} | {d} | {r['per_call']} | {r['faiss']:,.0f} | {r['exact']:,.0f} ({r['engine']}) | "
+                      f"{r['ratio']:.2f} | {r['ratio_torch']:.2f} | {r['ratio_fp16']:.2f} | "
+                      f"{100 * r['peak_frac']:.0f}% | {r['agree']:.4f} |", flush=True)
+        print(f"| sgemm peak again, d={d} | | | | {sgemm_peak(d):.0f} GFLOP/s | | | | | |", flush=True)
+    print("# bytes per vector (saved files / n): " + ", ".join(f"{k} {v:.0f}" for k, v in bytes_per_vector().items()))
 
 
 if __name__ == "__main__":
-    main()
+    import _machine
+
+    sys.exit(_machine.run(main))

@@ -218,4 +218,6 @@ def main() -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    import _machine
+
+    sys.exit(_machine.run(main))

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import sys
 from pathlib import Path
 
 import torch
@@ -47,4 +48,6 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    import _machine
+
+    sys.exit(_machine.run(main))

@@ -8,6 +8,14 @@ searched straight from the page cache.
 Search multiplies a block of up to ``query_block`` queries with ``chunk`` gallery rows at a time into
 one reused buffer, keeps each block's top-k, and merges; small tiles are markedly faster than one big
 score matrix (the tile stays in cache and no page is faulted in per call).
+
+``?engine=``: ``torch`` (the blocked search above), ``faiss`` (faiss's brute-force ``knn`` on the same
+float32 rows, no copy: its sgemm tiles and heap selection beat torch's per-block ``topk`` on large
+galleries searched with many queries at once, and its single-query scan beats a loop of small matmuls),
+or ``auto`` (default): faiss, when it is installed, for float32 storage of at least ``FAISS_MIN_ROWS``
+rows searched with at most ``FAISS_MAX_FEW`` or at least ``FAISS_MIN_QUERIES`` queries per call (the
+shapes where it was measured faster: ``benchmarks/index_search.py``, docs/performance.md), torch
+otherwise. Both return the same top-k (ties at the k-th score aside).
 """
 from __future__ import annotations
 
@@ -27,6 +35,13 @@ from .base import (INDEXES, VectorIndex, as_tensor, first_k, max_excluded, parse
                    write_manifest)
 
 FEATURES = "features.safetensors"
+ENGINES = ("auto", "torch", "faiss")
+#: ``engine=auto`` hands a float32 search to faiss from this many gallery rows, when a call has at most
+#: ``FAISS_MAX_FEW`` queries, or at least ``FAISS_MIN_QUERIES`` queries and ``FAISS_MIN_ROWS_MANY`` rows
+FAISS_MIN_ROWS = 4096
+FAISS_MAX_FEW = 8
+FAISS_MIN_QUERIES = 64
+FAISS_MIN_ROWS_MANY = 65_536
 _ST_DTYPES = {"F32": (np.float32, torch.float32), "F16": (np.float16, torch.float16)}
 
 
@@ -52,9 +67,21 @@ def mmap_safetensors(path: str | os.PathLike[str], name: str = "features") -> to
         return torch.from_numpy(arr)
 
 
+def _faiss() -> Any:
+    """The faiss module, or None when it is not installed."""
+    try:
+        import faiss
+    except ImportError:
+        return None
+    return faiss
+
+
 class ExactIndex(VectorIndex):
     def __init__(self, dim: int, dtype: torch.dtype = torch.float32, chunk: int = 4096, query_block: int = 1024,
-                 mmap: bool = False) -> None:
+                 mmap: bool = False, engine: str = "auto") -> None:
+        if engine not in ENGINES:
+            raise ValueError(f"exact index: engine {engine!r}; use one of {', '.join(ENGINES)}")
+        self.engine = engine
         self.dim = dim
         self.dtype = dtype
         self.chunk = chunk
@@ -101,9 +128,28 @@ class ExactIndex(VectorIndex):
     def all_vectors(self) -> torch.Tensor:
         return self._x
 
+    def engine_for(self, n_queries: int) -> str:
+        """``torch`` or ``faiss``: which engine searches ``n_queries`` queries in this index."""
+        if self.engine != "auto":
+            return self.engine
+        n = len(self._ids)
+        shape = n >= FAISS_MIN_ROWS and (n_queries <= FAISS_MAX_FEW
+                                         or (n_queries >= FAISS_MIN_QUERIES and n >= FAISS_MIN_ROWS_MANY))
+        return "faiss" if self.dtype == torch.float32 and shape and _faiss() is not None else "torch"
+
+    def _topk_faiss(self, q: torch.Tensor, kk: int) -> tuple[torch.Tensor, torch.Tensor]:
+        faiss = _faiss()
+        if faiss is None:
+            raise IndexMismatchError("exact index: engine=faiss needs faiss (pip install 'cirlab[faiss]')")
+        x = self._x if self._x.dtype == torch.float32 else self._x.float()
+        scores, pos = faiss.knn(q.numpy(), x.contiguous().numpy(), kk, metric=faiss.METRIC_INNER_PRODUCT)
+        return torch.from_numpy(scores), torch.from_numpy(pos)
+
     @torch.no_grad()
     def _topk_positions(self, q: torch.Tensor, kk: int) -> tuple[torch.Tensor, torch.Tensor]:
         """(Q, kk) best scores and row positions, exact, by blocks of queries x gallery rows."""
+        if self.engine_for(len(q)) == "faiss":
+            return self._topk_faiss(q, kk)
         n = len(self._ids)
         out_s = torch.empty(len(q), kk)
         out_i = torch.empty(len(q), kk, dtype=torch.long)
@@ -178,12 +224,13 @@ class ExactIndex(VectorIndex):
             raise IndexMismatchError(f"{p} not found")
         _, opts = parse_options(split_index_spec(manifest.get("index", "exact"))[1])
         mmap = bool(opts.get("mmap", False))
+        engine = str(opts.get("engine", "auto"))
         x = mmap_safetensors(p) if mmap else load_file(str(p))["features"]
         ids = manifest["ids"]
         if len(ids) != len(x) or x.shape[1] != manifest["dim"]:
             raise IndexMismatchError(f"{p}: {tuple(x.shape)} features do not match the manifest "
                                      f"({len(ids)} ids, dim {manifest['dim']})")
-        index = ExactIndex(manifest["dim"], dtype=x.dtype, mmap=mmap)
+        index = ExactIndex(manifest["dim"], dtype=x.dtype, mmap=mmap, engine=engine)
         index._ids = list(ids)
         index._pos = {i: n for n, i in enumerate(ids)}
         index._x = x
@@ -191,13 +238,13 @@ class ExactIndex(VectorIndex):
 
 
 @INDEXES.register("exact", help="brute-force cosine search in torch (exact; 'exact:fp16' stores half precision; "
-                                "'?mmap=1' memory-maps the saved features)")
+                                "'?mmap=1' memory-maps the saved features; '?engine=torch|faiss|auto')")
 def create_exact(arg: str, dim: int, **kw: Any) -> ExactIndex:
     main, opts = parse_options(arg)
     dtype = {"": torch.float32, "fp32": torch.float32, "fp16": torch.float16}.get(main)
     if dtype is None:
         raise ValueError(f"exact index option {main!r}: use 'exact' or 'exact:fp16'")
-    known = {"mmap", "chunk", "query_block"}
+    known = {"mmap", "chunk", "query_block", "engine"}
     unknown = set(opts) - known
     if unknown:
         raise ValueError(f"exact index: unknown option(s) {sorted(unknown)}; known: {sorted(known)}")
