@@ -134,7 +134,8 @@ def test_templates():
     assert PromptConfig("a photo of $ that {caption}", "both").texts(t) == ["a photo of $ that x and y",
                                                                            "a photo of $ that y and x"]
     assert PromptConfig("photo-that").texts(CIRTriplet("1", "r", "is blue")) == ["a photo of $ that is blue"]
-    assert PromptConfig().to_json(True) == {"template": "{caption}", "join": "and", "join_formats": ["{c1} and {c2}"]}
+    assert PromptConfig().to_json(True) == {"template": "{caption}", "join": "and", "join_formats": ["{c1} and {c2}"],
+                                            "join_strip": "whitespace"}
     with pytest.raises(CirlabError, match="needs '{caption}'"):
         PromptConfig("a photo of $")
     with pytest.raises(CirlabError, match="caption join 'or'"):

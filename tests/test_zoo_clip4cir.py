@@ -115,4 +115,5 @@ def test_clip4cir_caption_join_by_hand():
     assert join_captions("  is RED, ", "has stripes.", "clip4cir") == ["Is red and has stripes"]
     assert join_captions("?is darker.", " has a collar?", "clip4cir") == ["Is darker and has a collar"]
     cfg = PromptConfig(join="clip4cir")
-    assert cfg.to_json(True)["join_formats"] == ["{c1.strip('.?, ').capitalize()} and {c2.strip('.?, ')}"]
+    rec = cfg.to_json(True)
+    assert (rec["join_formats"], rec["join_strip"], rec["join_capitalize"]) == (["{c1} and {c2}"], ".?, ", True)

@@ -2,9 +2,9 @@
 from __future__ import annotations
 
 import importlib
-from typing import Callable, Generic, TypeVar
+from typing import Any, Callable, Generic, TypeVar
 
-from .errors import UnknownNameError
+from .errors import CirlabError, UnknownNameError
 
 T = TypeVar("T")
 
@@ -72,3 +72,19 @@ def split_spec(spec: str) -> tuple[str, str]:
     """``"tiny:world"`` -> ``("tiny", "world")``; ``"sum"`` -> ``("sum", "")``."""
     name, _, arg = spec.partition(":")
     return name.strip(), arg.strip()
+
+
+def parse_spec_options(arg: str, known: dict[str, Callable[[str], Any]], what: str) -> tuple[str, dict[str, Any]]:
+    """``"http://h:1/v1,model=x"`` -> ``("http://h:1/v1", {"model": "x"})`` with typed, checked options
+    (the ``kind:arg,key=value`` option syntax of spec strings)."""
+    head, *rest = arg.split(",")
+    opts: dict[str, Any] = {}
+    for item in rest:
+        key, eq, value = item.partition("=")
+        if not eq or key.strip() not in known:
+            raise CirlabError(f"{what}: option {item!r}: expected key=value with key in {sorted(known)}")
+        try:
+            opts[key.strip()] = known[key.strip()](value.strip())
+        except ValueError:
+            raise CirlabError(f"{what}: option {item!r}: bad value") from None
+    return head.strip(), opts

@@ -6,9 +6,11 @@ directory written by ``save_pretrained``/``HFBackbone.save``: model config and
 weights, the image processor config and the tokenizer files).
 
 Preprocessing is the model's own image-processor config, run with the PIL backend
-(no torchvision needed); the tokenizer comes from the same directory. Features
-are the pooled, projected outputs of ``get_image_features``/``get_text_features``,
-L2-normalised.
+(no torchvision needed), or TargetPad with that config's crop size, mean and std:
+``hf:<id or dir>,preprocess=targetpad[,target_ratio=1.25]`` (see ``preprocess.py``).
+The tokenizer comes from the same directory. Features are the pooled, projected
+outputs of ``get_image_features``/``get_text_features``, L2-normalised unless
+``normalize=False``.
 
 Pseudo-word injection (``forward_texts_pseudo``): the text towers take no
 ``inputs_embeds``, so a forward hook on the token-embedding module replaces the
@@ -39,6 +41,7 @@ from . import BACKBONES
 from .base import PLACEHOLDER, Backbone, finish, placeholder_mask
 from .extras import require
 from .inject import TokenInjector, pick_placeholder
+from .preprocess import PreprocessOptions, split_backbone_options, targetpad_pixels
 
 transformers = require("transformers", "hf", "hf")
 
@@ -78,8 +81,10 @@ def _hub_error(source: str, e: Exception) -> CirlabError:
 class HFBackbone(Backbone):
     """A transformers CLIP-like model with its image processor and tokenizer."""
 
-    def __init__(self, model: nn.Module, image_processor: Any, tokenizer: Any, source: str = "") -> None:
+    def __init__(self, model: nn.Module, image_processor: Any, tokenizer: Any, source: str = "",
+                 preprocessing: PreprocessOptions = PreprocessOptions()) -> None:
         super().__init__()
+        self.preprocessing = preprocessing
         model_type = getattr(model.config, "model_type", "?")
         if model_type not in FAMILIES:
             raise CirlabError(f"hf backbone {source!r}: model_type {model_type!r} is not supported "
@@ -108,12 +113,29 @@ class HFBackbone(Backbone):
 
     # ---- preprocessing ---------------------------------------------------------------------
     def preprocess(self, image: Image.Image) -> torch.Tensor:
+        if self.preprocessing.mode == "targetpad":
+            p = self.image_processor
+            return targetpad_pixels(image.convert("RGB"), self.crop_size(), p.image_mean, p.image_std,
+                                    self.preprocessing.target_ratio)
         return self.image_processor(images=image.convert("RGB"), return_tensors="pt")["pixel_values"][0]
 
+    def crop_size(self) -> int:
+        """The square input size of the image processor (its crop, or its resize when it does not crop)."""
+        p = self.image_processor
+        for attr in ("crop_size", "size"):
+            v = getattr(p, attr, None)
+            if isinstance(v, int):
+                return v
+            for key in ("height", "shortest_edge"):
+                edge = v.get(key) if isinstance(v, dict) else getattr(v, key, None)
+                if edge:
+                    return int(edge)
+        raise CirlabError(f"hf backbone {self.source!r}: cannot read the input size off its image processor")
+
     def preprocess_config(self) -> dict[str, Any]:
-        """The image processor's settings (part of the feature-cache key)."""
+        """The image processor's settings and the preprocessing option (part of the feature-cache key)."""
         cfg = self.image_processor.to_dict()
-        return {k: v for k, v in cfg.items() if not k.startswith("_")}
+        return {**{k: v for k, v in cfg.items() if not k.startswith("_")}, "cirlab": self.preprocessing.to_dict()}
 
     # ---- forward hooks ---------------------------------------------------------------------
     def forward_images(self, pixels: torch.Tensor, normalize: bool = True) -> torch.Tensor:
@@ -161,10 +183,12 @@ class HFBackbone(Backbone):
         return d
 
     def describe(self) -> dict[str, Any]:
-        return {**super().describe(), "model_type": self.model.config.model_type, "placeholder": self.placeholder}
+        return {**super().describe(), "model_type": self.model.config.model_type, "placeholder": self.placeholder,
+                "preprocess": self.preprocessing.to_dict()}
 
 
-def load_hf(source: str, dtype: torch.dtype | str | None = None, revision: str | None = None) -> HFBackbone:
+def load_hf(source: str, dtype: torch.dtype | str | None = None, revision: str | None = None,
+            preprocessing: PreprocessOptions = PreprocessOptions()) -> HFBackbone:
     local = Path(source).expanduser()
     where = str(local) if local.exists() else source
     opts: dict[str, Any] = {"revision": revision} if revision and not local.exists() else {}
@@ -182,14 +206,15 @@ def load_hf(source: str, dtype: torch.dtype | str | None = None, revision: str |
         tokenizer = transformers.AutoTokenizer.from_pretrained(where, **opts)
     except (OSError, ValueError) as e:
         raise _hub_error(source, e) from None
-    return HFBackbone(model, processor, tokenizer, source)
+    return HFBackbone(model, processor, tokenizer, source, preprocessing)
 
 
 @BACKBONES.register("hf")
 def create_hf(arg: str, dtype: torch.dtype | str | None = None, revision: str | None = None) -> HFBackbone:
     if not arg:
         raise CirlabError("hf backbone needs a hub id or a directory, e.g. hf:openai/clip-vit-base-patch32")
-    return load_hf(arg, dtype=dtype, revision=revision)
+    source, preprocessing = split_backbone_options(arg, "hf")
+    return load_hf(source, dtype=dtype, revision=revision, preprocessing=preprocessing)
 
 
 __all__ = ["FAMILIES", "HFBackbone", "HFFamily", "PLACEHOLDER_CANDIDATES", "create_hf", "load_hf"]

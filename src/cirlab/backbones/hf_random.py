@@ -44,12 +44,21 @@ class HFSize:
     heads: int
     embed_dim: int
     context: int
+    #: the text tower's width and heads when they differ from the image tower's (OpenAI CLIP's do)
+    text_width: int = 0
+    text_heads: int = 0
 
 
 SIZES: dict[str, HFSize] = {
     "tiny": HFSize(image_size=32, patch_size=8, width=32, depth=2, heads=2, embed_dim=24, context=40),
     "small": HFSize(image_size=224, patch_size=32, width=384, depth=6, heads=6, embed_dim=256, context=64),
     "base": HFSize(image_size=224, patch_size=32, width=768, depth=12, heads=12, embed_dim=512, context=77),
+    # OpenAI CLIP's widths, heads, patch, input and context sizes with one layer per tower (the official
+    # ViT-L/14 has 24 + 12 layers, ViT-B/32 12 + 12): the shapes an official phi meets, at a test's cost
+    "vit-l14-1layer": HFSize(image_size=224, patch_size=14, width=1024, depth=1, heads=16, embed_dim=768, context=77,
+                             text_width=768, text_heads=12),
+    "vit-b32-1layer": HFSize(image_size=224, patch_size=32, width=768, depth=1, heads=12, embed_dim=512, context=77,
+                             text_width=512, text_heads=8),
 }
 
 
@@ -150,6 +159,9 @@ def make_random_hf(directory: str | os.PathLike[str], family: str = "clip", size
     common = dict(hidden_size=s.width, intermediate_size=4 * s.width, num_hidden_layers=s.depth,
                   num_attention_heads=s.heads)
     vision = dict(common, image_size=s.image_size, patch_size=s.patch_size)
+    if s.text_width:
+        common = dict(common, hidden_size=s.text_width, intermediate_size=4 * s.text_width,
+                      num_attention_heads=s.text_heads or s.heads)
     if family == "clip":
         tok = build_clip_tokenizer(corpus)
         eos = tok.convert_tokens_to_ids("<|endoftext|>")

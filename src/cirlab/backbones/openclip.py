@@ -9,7 +9,9 @@ Spec:
 * ``openclip:/path/to/dir``: a directory with ``open_clip_config.json`` and weights
   (``OpenClipBackbone.save`` writes one; ``open_clip_model.safetensors``).
 
-Preprocessing is open_clip's own eval transform; the tokenizer is open_clip's.
+Preprocessing is open_clip's own eval transform, or TargetPad with the model's input size, mean
+and std: ``openclip:<model>,preprocess=targetpad[,target_ratio=1.25]`` (see ``preprocess.py``).
+The tokenizer is open_clip's.
 Pseudo words are injected through a forward hook on ``token_embedding`` (see
 ``inject.py``); the placeholder is ``$`` when the tokenizer keeps it as one token.
 """
@@ -29,6 +31,7 @@ from . import BACKBONES
 from .base import PLACEHOLDER, Backbone, finish, placeholder_mask
 from .extras import require
 from .inject import TokenInjector
+from .preprocess import PreprocessOptions, split_backbone_options, targetpad_pixels
 
 open_clip = require("open_clip", "openclip", "openclip")
 
@@ -50,8 +53,9 @@ def _parse(arg: str) -> tuple[str, str | None]:
 
 class OpenClipBackbone(Backbone):
     def __init__(self, model: torch.nn.Module, preprocess: Any, tokenizer: Any, model_name: str,
-                 model_cfg: dict[str, Any] | None) -> None:
+                 model_cfg: dict[str, Any] | None, preprocessing: PreprocessOptions = PreprocessOptions()) -> None:
         super().__init__()
+        self.preprocessing = preprocessing
         self.model = model
         self._preprocess = preprocess
         self.tokenizer = tokenizer
@@ -84,10 +88,17 @@ class OpenClipBackbone(Backbone):
 
     # ---- preprocessing ---------------------------------------------------------------------
     def preprocess(self, image: Image.Image) -> torch.Tensor:
+        if self.preprocessing.mode == "targetpad":
+            visual = self.model.visual
+            size = visual.image_size
+            size = int(size[0] if isinstance(size, (tuple, list)) else size)
+            mean = getattr(visual, "image_mean", None) or open_clip.OPENAI_DATASET_MEAN
+            std = getattr(visual, "image_std", None) or open_clip.OPENAI_DATASET_STD
+            return targetpad_pixels(image.convert("RGB"), size, mean, std, self.preprocessing.target_ratio)
         return self._preprocess(image.convert("RGB"))
 
     def preprocess_config(self) -> dict[str, Any]:
-        return {"transform": repr(self._preprocess)}
+        return {"transform": repr(self._preprocess), "cirlab": self.preprocessing.to_dict()}
 
     def tokenize(self, texts: Sequence[str]) -> dict[str, torch.Tensor]:
         return {"input_ids": self.tokenizer(list(texts))}
@@ -147,6 +158,7 @@ class OpenClipBackbone(Backbone):
 def create_openclip(arg: str, **model_kwargs: Any) -> OpenClipBackbone:
     if not arg:
         raise CirlabError("openclip backbone needs a model, e.g. openclip:ViT-B-32/openai or openclip:/path/to/dir")
+    arg, preprocessing = split_backbone_options(arg, "openclip")
     name, pretrained = _parse(arg)
     try:
         model, _, preprocess = open_clip.create_model_and_transforms(name, pretrained=pretrained, **model_kwargs)
@@ -154,7 +166,7 @@ def create_openclip(arg: str, **model_kwargs: Any) -> OpenClipBackbone:
     except (RuntimeError, ValueError, OSError) as e:
         raise CirlabError(f"openclip backbone {arg!r}: {e}") from None
     model_cfg = open_clip.get_model_config(name)
-    return OpenClipBackbone(model, preprocess, tokenizer, name, model_cfg)
+    return OpenClipBackbone(model, preprocess, tokenizer, name, model_cfg, preprocessing)
 
 
 __all__ = ["OpenClipBackbone", "create_openclip"]

@@ -27,6 +27,7 @@ from ..retrieval import Retriever
 from . import get_benchmark
 from .base import Benchmark, BenchmarkSplit
 from .check import check_split, drop_incomplete
+from .presets import method_preset
 from .protocols import cirr_subset_ranking
 from .submission import RANK_DEPTH, save_predictions
 from .templates import PromptConfig
@@ -106,9 +107,14 @@ def rank_split(args: argparse.Namespace, bench: Benchmark, split: BenchmarkSplit
     return rankings, subset
 
 
-def prompt_from(args: argparse.Namespace) -> PromptConfig:
-    return PromptConfig(template=getattr(args, "template", None) or "{caption}",
-                        join=getattr(args, "caption_join", None) or "and")
+def prompt_from(args: argparse.Namespace, method: Any = None, benchmark: str = "") -> PromptConfig:
+    """``--template`` / ``--caption-join`` when given; else the method's inference preset for ``benchmark``
+    (a checkpoint that names its family, ``benchmarks.presets``); else the plain caption joined by "and"."""
+    template, join = getattr(args, "template", None), getattr(args, "caption_join", None)
+    preset = method_preset(method, benchmark) if method is not None and not (template or join) else None
+    if preset is not None:
+        return preset.prompt()
+    return PromptConfig(template=template or "{caption}", join=join or "and")
 
 
 def slug(text: str) -> str:
@@ -137,10 +143,13 @@ def run_eval(args: argparse.Namespace) -> int:
     for m in methods:
         t0 = time.time()
         method = create_method(m, backbone)
-        rankings, subset = rank_split(args, bench, split, backbone, method, prompt)
+        m_prompt = prompt_from(args, method, bench.name)
+        rankings, subset = rank_split(args, bench, split, backbone, method, m_prompt)
         metrics = bench.metrics(split, rankings, subset) if labelled else {}
         results.append({"method": m, "backbone": backbone.spec, "metrics": metrics, "config": method.config(),
                         "seconds": round(time.time() - t0, 2)})
+        if m_prompt != prompt:
+            results[-1]["prompt"] = m_prompt.to_json(uses_join=bench.name == "fashioniq")
         if args.save_rankings:
             paths = save_predictions(Path(args.save_rankings), f"{bench.name}-{args.split}-{slug(m)}", split,
                                      rankings, subset)

@@ -145,10 +145,10 @@ def run_submit(args: argparse.Namespace) -> int:
     if args.split not in bench.server_splits:
         raise CirlabError(f"{bench.name}: the test server scores {', '.join(bench.server_splits)}, not {args.split!r}")
     args.caption_join = None
-    prompt = prompt_from(args)
     split = prepare_split(bench, args.data_root, args.split, drop=False)
     backbone = create_backbone(args.backbone)
     method = create_method(args.method, backbone)
+    prompt = prompt_from(args, method, bench.name)
     rankings, subset = rank_split(args, bench, split, backbone, method, prompt)
     paths = save_predictions(args.out, f"{bench.name}-{args.split}", split, rankings, subset)
     write_json(args.out / "run-config.json", {"benchmark": bench.name, "split": args.split, "backbone": backbone.spec,

@@ -14,6 +14,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
+from ..benchmarks.presets import PRESETS
 from ..errors import CirlabError
 from ..registry import Registry
 
@@ -99,7 +100,6 @@ def entries() -> list[ZooEntry]:
 # ---- the entries --------------------------------------------------------------------------------------
 HF_L14 = "hf:openai/clip-vit-large-patch14"
 HF_B32 = "hf:openai/clip-vit-base-patch32"
-PHOTO_THAT = "a photo of $ that {caption}"
 SEARLE_PAPER = "Baldrati et al., Zero-Shot Composed Image Retrieval with Textual Inversion, ICCV 2023 (arXiv 2303.15247)"
 PIC2WORD_PAPER = "Saito et al., Pic2Word, CVPR 2023 (arXiv 2302.03084)"
 LINCIR_PAPER = "Gu et al., Language-only Efficient Training of Zero-shot Composed Image Retrieval, CVPR 2024 (arXiv 2312.01998)"
@@ -109,10 +109,16 @@ IPCIR_PAPER = "Li et al., Imagine and Seek (IP-CIR), CVPR 2025"
 SEARLE_RELEASE = "https://github.com/miccunifi/SEARLE/releases/download/weights/"
 CLIP4CIR_DRIVE = "https://drive.google.com/drive/folders/1ny2hhzP8HZBnXhjvDEni8P8G4_inCNTv"
 
+
+
+def _presets(family: str) -> dict[str, dict[str, Any]]:
+    """A method family's inference presets (``cirlab.benchmarks.presets``, the one place they live) as entry presets."""
+    return {b: {"template": p.template, "join": p.join} for b, p in PRESETS[family].items()}
+
+
 # SEARLE/LinCIR inference: "a photo of $ that {caption}" on CIRR and CIRCO; Fashion IQ averages both
 # caption orders, each caption stripped of '.?, '
-SEARLE_PRESETS = {"cirr": {"template": PHOTO_THAT}, "circo": {"template": PHOTO_THAT},
-                  "fashioniq": {"template": PHOTO_THAT, "join": "both"}}
+SEARLE_PRESETS = _presets("searle")
 
 
 def _searle(name: str, arch: str, backbone: str, published: tuple[Published, ...]) -> ZooEntry:
@@ -128,8 +134,7 @@ register(ZooEntry(
     weights=(WeightFile("phi", "pic2word_model.pt",
                         source="https://drive.google.com/file/d/1IxRi2Cj81RxMu0ViT4q4nkfyjbSHm1dF",
                         importer="pic2word"),),
-    presets={"cirr": {"template": "a photo of $ , {caption}"}, "circo": {"template": "a photo of $ , {caption}"},
-             "fashioniq": {"template": "a photo of $ , {caption}", "join": "and-reversed"}},
+    presets=_presets("pic2word"),
     published=(Published("cirr", "test1", {"recall@1": 23.9, "recall@5": 51.7, "recall@10": 65.3,
                                             "recall@50": 87.8}, PIC2WORD_PAPER),
                Published("fashioniq", "val", {"average/recall@10": 24.7}, PIC2WORD_PAPER)),
@@ -152,7 +157,7 @@ register(ZooEntry(
     weights=(WeightFile("phi", "lincir_large.pt",
                         url="https://huggingface.co/navervision/zeroshot-cir-models/resolve/main/lincir_large.pt",
                         source="https://huggingface.co/navervision/zeroshot-cir-models", importer="lincir"),),
-    presets=SEARLE_PRESETS,
+    presets=_presets("lincir"),
     published=(Published("cirr", "test1", {"recall@1": 25.04}, LINCIR_PAPER),
                Published("circo", "test", {"map@5": 12.59}, LINCIR_PAPER)),
     notes="The CLIP processor (not TargetPad); phi on raw image features."))

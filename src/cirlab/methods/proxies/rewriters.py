@@ -18,6 +18,7 @@ from typing import Any, Protocol, runtime_checkable
 
 from ...errors import CirlabError
 from ...registry import Registry, split_spec
+from ...registry import parse_spec_options as parse_options
 from ...world.scene import CELLS, COLOURS, SHAPES, SIZES, Obj, Scene, caption
 
 
@@ -238,21 +239,6 @@ class LLMRewriter:
     def config(self) -> dict[str, Any]:
         return {"name": "llm", "base_url": self.cfg.base_url, "model": self.cfg.model,
                 "temperature": self.cfg.temperature}
-
-
-def parse_options(arg: str, known: dict[str, Callable[[str], Any]], what: str) -> tuple[str, dict[str, Any]]:
-    """``"http://h:1/v1,model=x"`` -> ``("http://h:1/v1", {"model": "x"})`` with typed, checked options."""
-    head, *rest = arg.split(",")
-    opts: dict[str, Any] = {}
-    for item in rest:
-        key, eq, value = item.partition("=")
-        if not eq or key.strip() not in known:
-            raise CirlabError(f"{what}: option {item!r}: expected key=value with key in {sorted(known)}")
-        try:
-            opts[key.strip()] = known[key.strip()](value.strip())
-        except ValueError:
-            raise CirlabError(f"{what}: option {item!r}: bad value") from None
-    return head.strip(), opts
 
 
 @REWRITERS.register("llm", help="an OpenAI-compatible chat endpoint; llm:BASE_URL[,model=NAME,temperature=T]")

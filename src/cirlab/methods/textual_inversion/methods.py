@@ -62,6 +62,7 @@ class PhiMethod(PseudoWordMethod):
         self.prompts = checkpoint.prompts
         self.source = source
         self.needs_raw = checkpoint.phi.cfg.raw_input
+        self.preset = checkpoint.preset
 
     def pseudo_tokens(self, features: torch.Tensor) -> torch.Tensor:
         return self.phi(features.to(next(self.phi.parameters()).dtype))
@@ -69,7 +70,8 @@ class PhiMethod(PseudoWordMethod):
     def config(self) -> dict[str, Any]:
         ck = self.checkpoint
         return {"name": self.name, "checkpoint": self.source, "prompts": self.prompts.to_dict(),
-                "raw_input": self.needs_raw, "trained_on": ck.backbone, "training": ck.training}
+                "raw_input": self.needs_raw, "preset": self.preset, "trained_on": ck.backbone,
+                "training": ck.training}
 
 
 class SearleOTI(PseudoWordMethod):

@@ -70,11 +70,15 @@ class Checkpoint:
     training: dict[str, Any] = field(default_factory=dict)
     #: by-products saved beside the weights in ``extra.safetensors`` (e.g. SEARLE's OTI tokens)
     tensors: dict[str, torch.Tensor] = field(default_factory=dict)
+    #: the inference-preset family (``cirlab.benchmarks.presets``) benchmarks are queried with; "" for none
+    preset: str = ""
 
     def save(self, directory: str | os.PathLike[str]) -> Path:
-        d = save_checkpoint(directory, self.method, {"phi": asdict(self.phi.cfg), "prompts": self.prompts.to_dict(),
-                                                     "backbone": self.backbone, "fingerprint": self.fingerprint,
-                                                     "training": self.training}, self.phi.state_dict())
+        cfg = {"phi": asdict(self.phi.cfg), "prompts": self.prompts.to_dict(), "backbone": self.backbone,
+               "fingerprint": self.fingerprint, "training": self.training}
+        if self.preset:
+            cfg["preset"] = self.preset
+        d = save_checkpoint(directory, self.method, cfg, self.phi.state_dict())
         if self.tensors:
             save_file({k: v.detach().float().cpu().contiguous() for k, v in self.tensors.items()},
                       str(d / "extra.safetensors"))
@@ -87,8 +91,10 @@ def load_checkpoint(directory: str | os.PathLike[str] | None, method: str, backb
     d, cfg, state = read_checkpoint(directory, method, f"cirlab train method {method} --data DIR --out {{out}}")
     phi = Phi(config_section(cfg, "phi", lambda c: PhiConfig(**c), d))
     load_weights(phi, state, d)
-    ck = Checkpoint(method, phi.eval(), PromptTemplates.from_dict(cfg.get("prompts", {})), cfg.get("backbone", ""),
-                    cfg.get("fingerprint", ""), cfg.get("training", {}))
+    prompts = config_section(cfg, "prompts", lambda c: PromptTemplates.from_dict(c or {}), d) \
+        if "prompts" in cfg else PromptTemplates()
+    ck = Checkpoint(method, phi.eval(), prompts, cfg.get("backbone", ""), cfg.get("fingerprint", ""),
+                    cfg.get("training", {}), preset=str(cfg.get("preset", "")))
     if backbone is not None:
         check_backbone(ck, backbone, d)
     return ck

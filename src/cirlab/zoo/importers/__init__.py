@@ -15,7 +15,7 @@ from ...registry import Registry
 Importer = Callable[..., Path]
 IMPORTERS: Registry[Importer] = Registry("importer")
 
-IMPORTER_MODULES = ["clip4cir"]
+IMPORTER_MODULES = ["clip4cir", "pic2word", "searle", "lincir"]
 for _m in IMPORTER_MODULES:
     importlib.import_module(f"{__name__}.{_m}")
 
