@@ -36,6 +36,49 @@ def official_combiner(dim: int) -> OfficialCombiner:
     return ref
 
 
+def test_reproduce_clip4cir_offline_prints_published_vs_measured(zoo, cirr_root, backbone_dir, encoder,  # noqa: F811
+                                                                 tmp_path, capsys):
+    root, caps, listing, made = cirr_root
+    ref = official_combiner(encoder.embed_dim)
+    torch.save({"Combiner": ref.state_dict()}, zoo / "files" / COMBINER_FILE)
+    args = ["reproduce", ENTRY, "--benchmark", "cirr", "--split", "val", "--data-root", str(root), "--backbone",
+            f"tiny:{backbone_dir}", "--drop-incomplete", "--index-dir", str(tmp_path / "idx"), "--out",
+            str(tmp_path / "out")]
+    assert main(args) == 0
+    out = capsys.readouterr().out
+    lines = out.splitlines()
+    assert lines[0].startswith(f"{ENTRY} on cirr val: backbone tiny:{backbone_dir}, method combiner:")
+    assert lines[1].split() == ["metric", "published", "measured"]
+    res = json.loads((tmp_path / "out/results.json").read_text())
+    assert res["config"]["combiner"]["order"] == "text-image" and res["config"]["combiner"]["raw_input"] is True
+
+    # independently: the official forward on raw features, cosine against the gallery, reference removed
+    complete = [q for q in caps if {q["reference"], q["target_hard"], *q["img_set"]["members"]} <= made]
+    names = [n for n in listing if n in made]
+    paths = {n: root / listing[n] for n in names}
+    raw_img = encoder.encode_images([paths[n] for n in names], normalize=False)
+    row = {n: i for i, n in enumerate(names)}
+    raw_txt = encoder.encode_texts([q["caption"] for q in complete], normalize=False)
+    with torch.no_grad():
+        query = ref.combine_features(raw_img[[row[q["reference"]] for q in complete]], raw_txt)
+    scores = query @ F.normalize(raw_img, dim=-1).T
+    pos = {q["pairid"]: i for i, q in enumerate(complete)}
+    recall, subset = naive_cirr_from_scores(complete, names, lambda q, n: float(scores[pos[q["pairid"]], row[n]]))
+    want = naive_cirr(complete, recall, subset)
+    for k in ("recall@1", "recall@5", "recall@10", "recall@50", "recall_subset@1"):
+        assert res["measured"][k] == pytest.approx(want[k], abs=1e-6), k
+        assert next(ln for ln in lines if ln.startswith(k + " ")).split()[-1] == f"{res['measured'][k]:.2f}"
+    got = json.loads(next((tmp_path / "out").glob("*.recall.json")).read_text())
+    assert {k: v for k, v in got.items() if k not in ("version", "metric")} == recall
+
+    # the entry name is a method spec anywhere: eval --benchmark ranks the same
+    assert main(["eval", "--benchmark", "cirr", "--split", "val", "--data-root", str(root), "--backbone",
+                 f"tiny:{backbone_dir}", "--methods", ENTRY, "--drop-incomplete", "--index-dir",
+                 str(tmp_path / "idx"), "--out", str(tmp_path / "eval.json")]) == 0
+    ev = json.loads((tmp_path / "eval.json").read_text())["results"][0]
+    assert ev["method"] == ENTRY and ev["metrics"]["recall@5"] == pytest.approx(want["recall@5"], abs=0.01)
+
+
 class _Payload:
     def __reduce__(self):
         return (print, ("this must never run",))

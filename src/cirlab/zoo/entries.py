@@ -169,7 +169,7 @@ def _clip4cir(dataset: str) -> ZooEntry:
         paper=CLIP4CIR_PAPER,
         weights=(WeightFile("clip", f"{dataset}_clip_RN50x4_fullft.pt", source=CLIP4CIR_DRIVE, importer="clip4cir"),
                  WeightFile("combiner", f"{dataset}_comb_RN50x4_fullft.pt", source=CLIP4CIR_DRIVE,
-                            importer="clip4cir", importer_args={"backbone": "openclip:{clip}"})),
+                            importer="clip4cir", importer_args={"backbone": "{backbone}"})),
         preprocessing="targetpad:1.25",
         presets={"cirr": {"template": "{caption}"}, "fashioniq": {"template": "{caption}", "join": "clip4cir"}},
         notes="Combiner on raw features, (text, image) order, logit scale 100. The Drive folder's file names "

@@ -75,14 +75,16 @@ def import_file(importer: str, src: Path, name: str, **kw: Any) -> Path:
 
 
 def materialize(entry: ZooEntry | str, benchmark: str | None = None, *, backbone: str | None = None,
-                fetch: bool = False, progress: bool = True) -> Materialized:
+                fetch: bool = False, progress: bool = True, method_only: bool = False) -> Materialized:
     """The entry's method and backbone specs with its files in place (``fetch``: download what is missing;
-    ``backbone``: use this backbone spec instead of the entry's, so files only the backbone needs are skipped)."""
+    ``backbone``: use this backbone spec instead of the entry's, so files only the backbone needs are skipped;
+    ``method_only``: skip them too, the caller brings its own backbone)."""
     e = get_entry(entry) if isinstance(entry, str) else entry
     needed_by_method = _keys(e.method) | {k for v in e.method_config.values() if isinstance(v, str) for k in _keys(v)}
     values: dict[str, str] = {}
     files: dict[str, Path] = {}
-    used = [w for w in e.weights if backbone is None or w.key in needed_by_method]
+    skip_backbone = backbone is not None or method_only
+    used = [w for w in e.weights if not skip_backbone or w.key in needed_by_method]
     missing = [by_hand(w, file_path(w), f"run `cirlab zoo fetch {e.name}`" if w.url else "no direct download")
                for w in used if not file_path(w).exists() and not (fetch and w.url)]
     if missing:
@@ -92,7 +94,8 @@ def materialize(entry: ZooEntry | str, benchmark: str | None = None, *, backbone
         if not src.exists():
             fetch_file(w, progress=progress)
         if w.importer:
-            args = _fill_any(dict(w.importer_args), {**values, "backbone": backbone or _fill(e.backbone, values)})
+            bb_spec = backbone if backbone is not None else "" if method_only else _fill(e.backbone, values)
+            args = _fill_any(dict(w.importer_args), {**values, "backbone": bb_spec})
             files[w.key] = import_file(w.importer, src, w.name, **args)
         else:
             files[w.key] = src
@@ -120,7 +123,7 @@ def resolve_method_spec(spec: str) -> str | None:
     _, _, arg = spec.partition(":")
     if arg and Path(arg).expanduser().exists():
         return None
-    return materialize(spec).method
+    return materialize(spec, method_only=True).method
 
 
 __all__ = ["Materialized", "import_file", "imported_path", "materialize", "resolve_method_spec"]
