@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import pickle
+from pathlib import Path
 
 import pytest
 import torch
@@ -145,3 +146,28 @@ def test_reproduce_on_a_test_split_writes_the_server_files(zoo, backbone_dir, tm
                  str(tmp_path / "sub"), "--index-dir", str(tmp_path / "idx")]) == 0
     got = json.loads((tmp_path / "rep/circo-test-test-text.predictions.json").read_text())
     assert got == json.loads((tmp_path / "sub/circo-test.predictions.json").read_text()) and len(got) == 800
+
+
+def test_cig_entry_writes_the_authors_fusion_weight_per_benchmark(zoo):
+    from torch import nn
+
+    from cirlab.zoo import materialize
+
+    torch.manual_seed(0)
+    for name in ("SEARLE_ViT-L14.pt", "lincir_large.pt"):     # the official {'Phi': ...} layout, L/14 widths
+        phi = nn.Sequential(nn.Linear(768, 3072), nn.GELU(), nn.Dropout(0.5), nn.Linear(3072, 3072), nn.GELU(),
+                            nn.Dropout(0.5), nn.Linear(3072, 768))
+        torch.save({"Phi": {f"layers.{k}": v for k, v in phi.state_dict().items()}}, zoo / "files" / name)
+    (zoo / "files/cig-sdxl").mkdir()
+    configs = {}
+    for bench in ("cirr", "circo"):
+        m = materialize("cig:vit-l14", bench)
+        assert m.method == f"cig:{zoo / 'configs' / ('cig-vit-l14-' + bench) / 'cig.json'}"
+        configs[bench] = json.loads((zoo / "configs" / f"cig-vit-l14-{bench}" / "cig.json").read_text())
+    assert configs["cirr"]["weight"] == 0.5 and configs["circo"]["weight"] == 0.7
+    cfg = configs["circo"]
+    searle_dir = cfg["inversion"].removeprefix("searle:")
+    assert json.loads((Path(searle_dir) / "config.json").read_text())["method"] == "searle"
+    assert cfg["generator"] == (f"diffusers:{zoo / 'files/cig-sdxl'},phi={zoo / 'imported/lincir_large.pt'},"
+                                f"steps=50,size=512")
+    assert cfg["seed"] == 1600

@@ -9,7 +9,9 @@ A preset fixes, per method family and benchmark, what changes scores beyond the 
 - ``exclude_reference``: whether the reference is removed from its own ranking (the authors' rule;
   it matches each benchmark's protocol: CIRR only);
 - ``pseudo_at``: which placeholders receive the pseudo token (``first`` in Pic2Word's and SEARLE's
-  code, ``all`` in LinCIR's).
+  code, ``all`` in LinCIR's);
+- ``config``: method config fields the authors set per benchmark (CIG's fusion weight: 0.5 on CIRR,
+  0.7 on CIRCO); the zoo writes them into the entry's config for that benchmark.
 
 Checkpoints made by the importers (``cirlab.zoo.importers``) and by ``--recipe paper`` name their
 family in their config (``preset``); ``cirlab eval --benchmark`` and ``cirlab submit`` then use that
@@ -18,7 +20,7 @@ official repositories (google-research/composed_image_retrieval, miccunifi/SEARL
 """
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from typing import Any
 
 from ..errors import CirlabError
@@ -35,6 +37,8 @@ class InferencePreset:
     pseudo_at: str = "all"
     #: where the choice comes from (or why it is cirlab's where the authors gave none)
     source: str = ""
+    #: method config fields set per benchmark (e.g. CIG's fusion weight)
+    config: dict[str, Any] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         get_join(self.join)
@@ -57,6 +61,9 @@ class InferencePreset:
 _PIC2WORD_SRC = "google-research/composed_image_retrieval src/eval_utils.py"
 _SEARLE_SRC = "miccunifi/SEARLE src/validate.py"
 _LINCIR_SRC = "navervision/lincir validate.py"
+_CLIP4CIR_SRC = "ABaldrati/CLIP4Cir src/validate.py"
+_CIG_SRC = "lan-lw/ComposedImageGen (retrieval with SEARLE's prompt; fusion weight per dataset)"
+_IPCIR_SRC = "LeyRio/Imagine-and-Seek src/retrieval_circo.py"
 
 
 def _family(template: str, fiq_join: str, pseudo_at: str, source: str,
@@ -74,6 +81,15 @@ PRESETS: dict[str, dict[str, InferencePreset]] = {
                         circo="Pic2Word reports no CIRCO runs; its CIRR prompt is used"),
     "searle": _family("a photo of $ that {caption}", "searle", "first", _SEARLE_SRC),
     "lincir": _family("a photo of $ that {caption}", "searle", "all", _LINCIR_SRC),
+    # the Combiner encodes the caption alone; Fashion IQ: "{c1.strip('.?, ').capitalize()} and {c2.strip('.?, ')}"
+    "clip4cir": {"cirr": InferencePreset("{caption}", "and", True, "all", _CLIP4CIR_SRC),
+                 "fashioniq": InferencePreset("{caption}", "clip4cir", False, "all", _CLIP4CIR_SRC)},
+    # CIG's inversion applies its own query template to the caption
+    "cig": {"cirr": InferencePreset("{caption}", "and", True, "first", _CIG_SRC, {"weight": 0.5}),
+            "circo": InferencePreset("{caption}", "and", False, "first", _CIG_SRC, {"weight": 0.7})},
+    "ip-cir": {"circo": InferencePreset("{caption}", "and", False, "all", _IPCIR_SRC),
+               "cirr": InferencePreset("{caption}", "and", True, "all",
+                                       "cirlab's: the authors' released script covers CIRCO only")},
 }
 
 

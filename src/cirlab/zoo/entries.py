@@ -113,7 +113,8 @@ CLIP4CIR_DRIVE = "https://drive.google.com/drive/folders/1ny2hhzP8HZBnXhjvDEni8P
 
 def _presets(family: str) -> dict[str, dict[str, Any]]:
     """A method family's inference presets (``cirlab.benchmarks.presets``, the one place they live) as entry presets."""
-    return {b: {"template": p.template, "join": p.join} for b, p in PRESETS[family].items()}
+    return {b: {"template": p.template, "join": p.join, **({"config": dict(p.config)} if p.config else {})}
+            for b, p in PRESETS[family].items()}
 
 
 # SEARLE/LinCIR inference: "a photo of $ that {caption}" on CIRR and CIRCO; Fashion IQ averages both
@@ -171,7 +172,7 @@ def _clip4cir(dataset: str) -> ZooEntry:
                  WeightFile("combiner", f"{dataset}_comb_RN50x4_fullft.pt", source=CLIP4CIR_DRIVE,
                             importer="clip4cir", importer_args={"backbone": "{backbone}"})),
         preprocessing="targetpad:1.25",
-        presets={"cirr": {"template": "{caption}"}, "fashioniq": {"template": "{caption}", "join": "clip4cir"}},
+        presets=_presets("clip4cir"),
         notes="Combiner on raw features, (text, image) order, logit scale 100. The Drive folder's file names "
               "are not recorded: place the two files under the names shown. Published numbers not recorded.")
 
@@ -192,8 +193,7 @@ register(ZooEntry(
     preprocessing="targetpad:1.25",
     method_config={"inversion": "searle:{phi}", "generator": "diffusers:{generator},phi={gen_phi},steps=50,size=512",
                    "weight": 0.5, "seed": 1600},
-    presets={"cirr": {"template": "{caption}", "config": {"weight": 0.5}},
-             "circo": {"template": "{caption}", "config": {"weight": 0.7}}},
+    presets=_presets("cig"),
     notes="Retrieval with SEARLE's phi; the fine-tuned SDXL pipeline imagines the target (512 px, 50 steps, "
           "seed 1600) from LinCIR pseudo-token prompt embeddings. cirlab's pseudo-token prompting encodes with "
           "the pipeline's one text encoder (SD-style); SDXL's second encoder and pooled embedding are not "
@@ -207,7 +207,7 @@ register(ZooEntry(
     method_config={"generator": "diffusers:{generator}", "captioner": "hf:Salesforce/blip2-opt-2.7b",
                    "robust": "max-ratio", "lam": 0.35, "whole_gallery": True, "n_proxies": 5,
                    "proxy_weight": 1.0, "reference_weight": 1.0, "perturbation_weight": 1.0},
-    presets={"circo": {"template": "{caption}"}, "cirr": {"template": "{caption}"}},
+    presets=_presets("ip-cir"),
     published=(Published("cirr", "test1", {"recall@10": 70.07}, IPCIR_PAPER + ", abstract (backbone not stated)"),
                Published("fashioniq", "val", {"average/recall@10": 45.74},
                          IPCIR_PAPER + ", abstract (backbone not stated)"),
