@@ -129,3 +129,53 @@ def test_device_selection():
     assert pick_device().type == want == pick_device("auto").type
     assert pick_device("cpu").type == "cpu"
     assert encoding.autocast_dtype(torch.device("cpu")) is None
+
+
+def test_worker_count_is_picked_from_the_device_and_cores(monkeypatch):
+    from cirlab.backbones.encoding import default_workers
+
+    monkeypatch.setattr(encoding.os, "cpu_count", lambda: 2)
+    assert default_workers(1000, 64, "cpu") == 0  # the model's threads fill both cores: decode between batches
+    assert default_workers(1000, 64, "cuda") == 1  # the GPU runs the model: one core decodes
+    monkeypatch.setattr(encoding.os, "cpu_count", lambda: 8)
+    assert default_workers(1000, 64, "cpu") == 4 and default_workers(100, 64, "cpu") == 0
+
+
+def test_draft_decoding_of_large_jpegs(tiny_backbone, tmp_path, monkeypatch):
+    """draft=True decodes a JPEG far larger than the model input at a reduced scale (never below
+    DRAFT_FACTOR x the input pixels), gives nearly the same features, and is cached under its own key."""
+    from cirlab import imaging
+    from cirlab.backbones.encoding import DRAFT_FACTOR, draft_bounds, input_pixels
+
+    side = tiny_backbone.preprocess(Image.new("RGB", (50, 40))).shape[-1]
+    assert input_pixels(tiny_backbone) == side * side and draft_bounds(tiny_backbone).draft_pixels == 4 * side * side
+    g = np.random.default_rng(0)
+    paths = []
+    for i in range(3):  # smooth content (as photos are), 16x the input side
+        y, x = np.mgrid[0:16 * side, 0:16 * side] / (16 * side)
+        img = np.stack([np.sin(7 * x + i), np.cos(5 * y - i), np.sin(3 * (x + y))], -1) * 110 + 128
+        p = tmp_path / f"big{i}.jpg"
+        Image.fromarray((img + g.normal(0, 3, img.shape)).clip(0, 255).astype(np.uint8)).save(p, quality=92)
+        paths.append(str(p))
+    decoded = []
+    real_open = imaging.open_image
+
+    def spy(*a, **kw):
+        im = real_open(*a, **kw)
+        decoded.append(im.size)
+        return im
+
+    monkeypatch.setattr("cirlab.backbones.base.open_image", spy)
+    cache = FeatureCache(tmp_path / "c.sqlite")
+    full = encode_images(tiny_backbone, paths, batch_size=2, num_workers=0, cache=cache, progress=False)
+    assert decoded == [(16 * side, 16 * side)] * 3
+    decoded.clear()
+    count = Counter(tiny_backbone)
+    draft = encode_images(tiny_backbone, paths, batch_size=2, num_workers=0, cache=cache, progress=False, draft=True)
+    assert count.n == 3  # not served from the full-decode features
+    # JPEG scales by 1/2, 1/4 or 1/8: the smallest that keeps >= DRAFT_FACTOR (4) x the input pixels is 1/8
+    assert DRAFT_FACTOR == 4 and decoded == [(2 * side, 2 * side)] * 3
+    cos = (full * draft).sum(1)
+    assert bool((cos > 0.99).all()) and not torch.equal(full, draft)
+    again = encode_images(tiny_backbone, paths, batch_size=2, num_workers=0, cache=cache, progress=False, draft=True)
+    assert count.n == 3 and torch.equal(again, draft)

@@ -5,7 +5,13 @@ and a per-image feature cache.
 features as ``backbone.encode_images`` (raw projected ones with ``normalize=False``;
 the cache keeps the raw features) but
 
-* decodes and preprocesses in DataLoader worker processes while the model runs;
+* decodes and preprocesses in DataLoader worker processes while the model runs, where that pays
+  (``default_workers``: on a CPU-only machine with two cores or fewer the model already uses every
+  core, so decoding runs in the same process between batches);
+* with ``draft=True``, decodes JPEGs much larger than the model input at a reduced DCT scale
+  (``ImageBounds.draft_pixels`` = ``DRAFT_FACTOR`` x the model's input pixels, so the decoded image
+  keeps at least twice the input's side): decoding a 12 MP photo for a 224 px model costs a fraction;
+  features change slightly (measured in ``benchmarks/encode_throughput.py``) and get their own cache key;
 * picks the device (``cuda`` > ``mps`` > ``cpu``) unless told otherwise, and runs
   under autocast (float16/bfloat16) on CUDA;
 * looks every image up in a ``FeatureCache`` first. The cache key is the backbone
@@ -31,6 +37,7 @@ import multiprocessing
 import os
 import sqlite3
 import threading
+import dataclasses
 import weakref
 from contextlib import nullcontext
 from dataclasses import dataclass
@@ -43,9 +50,12 @@ from PIL import Image
 from torch.utils.data import DataLoader, Dataset
 from tqdm.auto import tqdm
 
+from ..imaging import DEFAULT_BOUNDS, ImageBounds
 from .base import Backbone, ImageLike, load_image
 
 HASH_BYTES = 16
+#: ``draft=True`` decodes JPEGs at the smallest DCT scale that keeps this many times the model's input pixels
+DRAFT_FACTOR = 4
 FEATURE_CACHE_ENV = "CIRLAB_FEATURE_CACHE"
 _OFF = {"off", "none", "0", "false", "no"}
 
@@ -259,41 +269,62 @@ class FeatureCache:
                 db.execute("DELETE FROM models WHERE model = ?", (model,))
 
 
-def model_key(backbone: Backbone, amp_dtype: torch.dtype | None = None) -> dict[str, Any]:
-    """What identifies a backbone's image features: spec, weights, preprocessing, autocast dtype."""
-    return {"spec": backbone.spec or type(backbone).__qualname__, "weights": weights_fingerprint(backbone),
-            "preprocess": preprocess_fingerprint(backbone), "autocast": str(amp_dtype) if amp_dtype else "float32",
-            "features": "raw"}
+def model_key(backbone: Backbone, amp_dtype: torch.dtype | None = None,
+              bounds: ImageBounds = DEFAULT_BOUNDS) -> dict[str, Any]:
+    """What identifies a backbone's image features: spec, weights, preprocessing, autocast dtype (and the
+    JPEG draft size when decoding is reduced)."""
+    key = {"spec": backbone.spec or type(backbone).__qualname__, "weights": weights_fingerprint(backbone),
+           "preprocess": preprocess_fingerprint(backbone), "autocast": str(amp_dtype) if amp_dtype else "float32",
+           "features": "raw"}
+    if bounds.draft_pixels is not None:
+        key["draft_pixels"] = bounds.draft_pixels
+    return key
+
+
+def input_pixels(backbone: Backbone) -> int:
+    """Height x width of the tensors the backbone's preprocessing makes (of a probe image)."""
+    return int(np.prod(backbone.preprocess(_probe_images()[0]).shape[-2:]))
+
+
+def draft_bounds(backbone: Backbone, factor: int = DRAFT_FACTOR) -> ImageBounds:
+    """The default image bounds with JPEG draft decoding down to ``factor`` x the model's input pixels."""
+    return dataclasses.replace(DEFAULT_BOUNDS, draft_pixels=factor * input_pixels(backbone))
 
 
 # ---- the loader -------------------------------------------------------------------------------
 class _Images(Dataset):
-    def __init__(self, items: Sequence[ImageLike], preprocess: Any) -> None:
+    def __init__(self, items: Sequence[ImageLike], preprocess: Any, bounds: ImageBounds = DEFAULT_BOUNDS) -> None:
         self.items = items
         self.preprocess = preprocess
+        self.bounds = bounds
 
     def __len__(self) -> int:
         return len(self.items)
 
     def __getitem__(self, i: int) -> torch.Tensor:
-        return self.preprocess(load_image(self.items[i]))
+        return self.preprocess(load_image(self.items[i], self.bounds))
 
 
-def default_workers(n_images: int, batch_size: int) -> int:
-    """Worker processes for the loader: none for a couple of batches, else up to 4 leaving one core to the model."""
-    if n_images <= 2 * batch_size or "fork" not in multiprocessing.get_all_start_methods():
+def default_workers(n_images: int, batch_size: int, device: torch.device | str | None = None) -> int:
+    """Worker processes for the loader. None for a couple of batches, nor on a CPU-only run with two cores
+    or fewer (the model's threads already fill every core: decoding in worker processes only competes with
+    them, measured slower than decoding between batches); else up to 4, leaving one core to the model."""
+    cores = os.cpu_count() or 1
+    on_cpu = device is None or torch.device(device).type == "cpu"
+    if n_images <= 2 * batch_size or "fork" not in multiprocessing.get_all_start_methods() or (on_cpu and cores <= 2):
         return 0
-    return max(1, min(4, (os.cpu_count() or 1) - 1))
+    return max(1, min(4, cores - 1))
 
 
 def image_loader(backbone: Backbone, items: Sequence[ImageLike], batch_size: int = 64,
-                 num_workers: int | None = None, pin_memory: bool = False) -> DataLoader:
+                 num_workers: int | None = None, pin_memory: bool = False,
+                 bounds: ImageBounds = DEFAULT_BOUNDS) -> DataLoader:
     """Batches of preprocessed pixels, decoded in forked worker processes (in order)."""
-    workers = default_workers(len(items), batch_size) if num_workers is None else num_workers
+    workers = default_workers(len(items), batch_size, backbone.device) if num_workers is None else num_workers
     kwargs: dict[str, Any] = {}
     if workers > 0:
         kwargs = {"multiprocessing_context": multiprocessing.get_context("fork"), "prefetch_factor": 4}
-    return DataLoader(_Images(items, backbone.preprocess), batch_size=batch_size, shuffle=False,
+    return DataLoader(_Images(items, backbone.preprocess, bounds), batch_size=batch_size, shuffle=False,
                       num_workers=workers, pin_memory=pin_memory, **kwargs)
 
 
@@ -301,13 +332,14 @@ def image_loader(backbone: Backbone, items: Sequence[ImageLike], batch_size: int
 def encode_images(backbone: Backbone, images: Sequence[ImageLike], batch_size: int = 64, *,
                   num_workers: int | None = None, device: str | torch.device | None = "auto", amp: bool = True,
                   cache: FeatureCache | str | os.PathLike[str] | bool | None = True, progress: bool = True,
-                  stats: EncodeStats | None = None, normalize: bool = True) -> torch.Tensor:
+                  stats: EncodeStats | None = None, normalize: bool = True, draft: bool = False) -> torch.Tensor:
     """(N, D) float32 features of ``images`` (paths or PIL images), on the CPU: normalised, or the raw
     projected ones with ``normalize=False`` (what the cache stores).
 
     ``device="auto"`` moves a backbone that is on the CPU to the best device available (and leaves it
     there); ``device=None`` keeps it where it is. ``cache=True`` uses the default cache (``open_cache``);
     ``False``/``None``/``"off"`` encodes everything. ``stats`` (if given) is incremented with what was done.
+    ``draft=True``: JPEG draft decoding (``draft_bounds``; slightly different features, their own cache key).
     """
     images = list(images)
     if device is not None:
@@ -316,6 +348,7 @@ def encode_images(backbone: Backbone, images: Sequence[ImageLike], batch_size: i
             backbone.to(target)
     dev = backbone.device
     amp_dtype = autocast_dtype(dev, amp)
+    bounds = draft_bounds(backbone) if draft else DEFAULT_BOUNDS
     store = open_cache(cache)
     out = torch.empty(len(images), backbone.embed_dim)
     if not images:
@@ -325,7 +358,7 @@ def encode_images(backbone: Backbone, images: Sequence[ImageLike], batch_size: i
     model = ""
     if store is not None:
         hashes = store.content_hashes(images, progress=progress and len(images) > 1000)
-        model = store.model_id(model_key(backbone, amp_dtype))
+        model = store.model_id(model_key(backbone, amp_dtype, bounds))
         found = store.get(model, hashes)
         todo = []
         first: dict[bytes, int] = {}
@@ -341,7 +374,7 @@ def encode_images(backbone: Backbone, images: Sequence[ImageLike], batch_size: i
         was_training = backbone.training
         backbone.eval()
         loader = image_loader(backbone, [images[i] for i in todo], batch_size, num_workers,
-                              pin_memory=dev.type == "cuda")
+                              pin_memory=dev.type == "cuda", bounds=bounds)
         ctx = torch.autocast(dev.type, dtype=amp_dtype) if amp_dtype else nullcontext()
         bar = tqdm(total=len(todo), desc="encode images", unit="img", disable=not progress, leave=False)
         done = 0
@@ -366,5 +399,6 @@ def encode_images(backbone: Backbone, images: Sequence[ImageLike], batch_size: i
     return torch.nn.functional.normalize(out, dim=-1) if normalize else out
 
 
-__all__ = ["EncodeStats", "FeatureCache", "autocast_dtype", "cache_root", "default_cache_path", "default_workers",
-           "encode_images", "image_bytes_hash", "image_loader", "model_key", "open_cache", "pick_device", "preprocess_fingerprint", "weights_fingerprint"]
+__all__ = ["DRAFT_FACTOR", "EncodeStats", "FeatureCache", "autocast_dtype", "cache_root", "default_cache_path",
+           "default_workers", "draft_bounds", "encode_images", "image_bytes_hash", "image_loader", "input_pixels",
+           "model_key", "open_cache", "pick_device", "preprocess_fingerprint", "weights_fingerprint"]
