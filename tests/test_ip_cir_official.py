@@ -76,3 +76,48 @@ def test_official_score_over_the_whole_gallery(small_world, tiny_backbone, tmp_p
     text_top = [{ds.gallery.ids[j] for j in row} for row in torch.argsort(-s_t, dim=1, stable=True)[:, :k].tolist()]
     assert [set(row) for row in top_only] == text_top
     assert any(set(row) != t for row, t in zip(got, text_top))
+
+
+class _AskedTwice:
+    """The world's rule rewriter first; asked again, it answers with the reference description unchanged."""
+
+    def __init__(self) -> None:
+        self.calls = 0
+        self.world = WorldRuleRewriter()
+
+    def rewrite(self, descriptions, texts):
+        self.calls += 1
+        return self.world.rewrite(descriptions, texts) if self.calls == 1 else list(descriptions)
+
+    def config(self):
+        return {"name": "asked-twice"}
+
+
+def test_several_caption_sets_are_averaged(small_world, tiny_backbone):
+    ds = load_dataset(small_world / "test")
+    cfg = IPCIRConfig(generator=f"world-render:{small_world / 'train'}", captioner=f"world:{small_world / 'train'}",
+                      robust="max-ratio", n_captions=2, reference_weight=1.0)
+    rw = _AskedTwice()
+    m = IPCIR(tiny_backbone, cfg, rewriter=rw)
+    trips = [t for t in ds.triplets if t.targets][:5]
+    g = ds.gallery
+    paths = [g.paths[g.ids.index(t.reference)] for t in trips]
+    from cirlab.methods import QueryBatch
+
+    batch = QueryBatch([t.caption for t in trips], tiny_backbone.encode_images(paths), paths)
+    q = m.compose(batch)
+    p = batch.extra["ip_cir_proxy"]
+    assert rw.calls == 2                                   # the rewriter was asked once per caption set
+
+    refs = NearestCaptionCaptioner(tiny_backbone, small_world / "train").caption(batch)
+    tgts = [WorldRuleRewriter().rewrite_one(c, t.caption) for c, t in zip(refs, trips)]
+    t1, t2, tr = (tiny_backbone.encode_texts(x) for x in (tgts, refs, refs))
+    assert torch.allclose(q, F.normalize((t1 + t2) / 2, dim=-1), atol=1e-5)
+    d = ((t1 - tr) + (t2 - tr)) / 2
+    f_src = F.normalize(batch.reference_features, dim=-1)
+    f_aug = m.proxy_feature(batch)
+    top = f_aug.max()
+    want = (top / f_src.max()) * f_src + (top / d.max()) * d + f_aug
+    assert torch.allclose(p, want, atol=1e-5), (p - want).abs().max()
+    with pytest.raises(CirlabError, match="n_captions=0"):
+        IPCIRConfig(generator="g", captioner="c", n_captions=0)

@@ -17,8 +17,10 @@ set of gallery features directly.
 The authors' CIRCO script (``retrieval_circo.py``) is an option, ``robust="max-ratio"``:
 
 * ``f_aug`` = mean of the normalised features of ``n_proxies`` proxies (seeds ``seed, seed + 1, ...``),
-  ``d`` = mean over caption sets of ``T(c_tgt) - T(c_ref)`` (normalised text features), ``f_src`` the
-  normalised reference feature;
+  ``d`` = mean over ``n_captions`` caption sets of ``T(c_tgt) - T(c_ref)`` (normalised text features),
+  ``f_src`` the normalised reference feature; the text side is the mean of the sets' ``T(c_tgt)`` (the
+  script weights them by a softmax of their debiasing scores; cirlab averages). Each further set asks the
+  rewriter again (an LLM at a temperature above 0 answers differently);
 * ``p = b * (max f_aug / max f_src) * f_src + c * (max f_aug / max d) * d + a * f_aug``, **not**
   normalised; the maxima are taken over the whole (queries x dimensions) tensor of a batch, as the
   script does over its one batch of all queries (``official_robust_feature``);
@@ -45,6 +47,7 @@ from .cig import _load_config, _save_config
 from .generators import ProxyGenerator, create_proxy_generator, proxy_embeddings
 
 PROXY_KEY = "ip_cir_proxy"
+CAPTION_SETS = "ip_cir_caption_sets"
 
 
 @dataclass
@@ -61,6 +64,7 @@ class IPCIRConfig:
     seed: int = 0
     robust: str = "normalized"          # "normalized" (above) or "max-ratio" (the authors' script)
     n_proxies: int = 1                  # proxies per query (seeds seed .. seed + n - 1), features averaged
+    n_captions: int = 1                 # target descriptions per query (the rewriter asked n times), averaged
     whole_gallery: bool = False         # re-score every gallery image (the authors' script) instead of the top
 
     def __post_init__(self) -> None:
@@ -72,6 +76,8 @@ class IPCIRConfig:
             raise CirlabError(f"ip-cir: robust={self.robust!r}: use one of {', '.join(ROBUST_FEATURES)}")
         if self.n_proxies < 1:
             raise CirlabError(f"ip-cir: n_proxies={self.n_proxies}: must be >= 1")
+        if self.n_captions < 1:
+            raise CirlabError(f"ip-cir: n_captions={self.n_captions}: must be >= 1")
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -126,11 +132,22 @@ class IPCIR(Method):
 
         return imagine_captions(batch, self.captioner, self.rewriter)
 
+    def caption_sets(self, batch: QueryBatch) -> tuple[list[str], list[list[str]]]:
+        """(reference descriptions, ``n_captions`` lists of target descriptions), cached in the batch."""
+        ref, first = self.captions(batch)
+        if CAPTION_SETS not in batch.extra:
+            batch.extra[CAPTION_SETS] = [first] + [self.rewriter.rewrite(ref, list(batch.texts))
+                                                   for _ in range(self.cfg.n_captions - 1)]
+        return ref, batch.extra[CAPTION_SETS]
+
     @torch.no_grad()
     def text_query(self, batch: QueryBatch) -> torch.Tensor:
         if self.text_method is not None:
             return F.normalize(self.text_method.compose(batch).float().cpu(), dim=-1)
-        return self.encode_texts(self.captions(batch)[1])
+        sets = self.caption_sets(batch)[1]
+        if len(sets) == 1:
+            return self.encode_texts(sets[0])
+        return F.normalize(torch.stack([self.encode_texts(tgt) for tgt in sets]).mean(0), dim=-1)
 
     @torch.no_grad()
     def proxy_feature(self, batch: QueryBatch) -> torch.Tensor:
@@ -143,10 +160,11 @@ class IPCIR(Method):
     def robust_proxy(self, batch: QueryBatch) -> torch.Tensor:
         """``normalize(a * f_p + b * f_ref + c * (T(c_tgt) - T(c_ref)))``, or the authors' max-ratio feature."""
         c = self.cfg
-        ref_caps, tgt_caps = self.captions(batch)
+        ref_caps, sets = self.caption_sets(batch)
         f_p = self.proxy_feature(batch)
         f_ref = F.normalize(batch.reference_features.float().cpu(), dim=-1)
-        pert = self.encode_texts(tgt_caps) - self.encode_texts(ref_caps)
+        t_ref = self.encode_texts(ref_caps)
+        pert = torch.stack([self.encode_texts(tgt) - t_ref for tgt in sets]).mean(0)
         if c.robust == "max-ratio":
             return official_robust_feature(f_ref, f_p, pert, c.reference_weight, c.perturbation_weight,
                                            c.proxy_weight)

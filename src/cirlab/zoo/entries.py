@@ -205,6 +205,7 @@ register(ZooEntry(
     weights=(WeightFile("generator", "ip-cir-generator",
                         source="a diffusers pipeline directory (the authors use MIGC + ELITE layouts)"),),
     method_config={"generator": "diffusers:{generator}", "captioner": "hf:Salesforce/blip2-opt-2.7b",
+                   "rewriter": "llm:http://127.0.0.1:8000/v1,temperature=1.0", "n_captions": 15,
                    "robust": "max-ratio", "lam": 0.35, "whole_gallery": True, "n_proxies": 5,
                    "proxy_weight": 1.0, "reference_weight": 1.0, "perturbation_weight": 1.0},
     presets=_presets("ip-cir"),
@@ -213,8 +214,9 @@ register(ZooEntry(
                          IPCIR_PAPER + ", abstract (backbone not stated)"),
                Published("circo", "test", {"map@10": 34.26}, IPCIR_PAPER + ", abstract (backbone not stated)")),
     notes="The authors' CIRCO script: max-ratio robust feature, w = 0.65 for ViT-L/14 (lam = 1 - w), whole "
-          "gallery, 5 proxies averaged. Their 15 LLM-edited captions per query are not reproduced by cirlab's "
-          "captioner + rewriter."))
+          "gallery, 5 proxies averaged, 15 edited captions averaged (the script weights them). The rewriter "
+          "is an OpenAI-compatible LLM server on 127.0.0.1:8000 asked 15 times at temperature 1.0 (cirlab's "
+          "choice); the authors edit 15 BLIP-2 captions with Qwen and generate proxies with MIGC + ELITE."))
 
 
 __all__ = ["ZOO", "Published", "WeightFile", "ZooEntry", "entries", "get_entry", "register"]
