@@ -98,3 +98,42 @@ def test_cli_index_search_eval(openclip_dir, small_world, tmp_path, capsys, monk
     assert set(res) == {"image", "text", "sum"}
     assert all(0 <= v <= 100 for m in res.values() for k, v in m.items() if k.startswith("recall@"))
     assert all(m["recall@50"] >= m["recall@10"] >= m["recall@1"] for m in res.values())
+
+
+@pytest.mark.skipif(not HAS_OPEN_CLIP, reason="needs open_clip (make test-openclip)")
+def test_raw_features_and_targetpad(openclip_dir, tmp_path):
+    """Raw features are open_clip's own unnormalised outputs; ``,preprocess=targetpad`` equals the official
+    ``targetpad_transform`` built from torchvision (TargetPad, Resize(bicubic), CenterCrop, ToTensor,
+    Normalize) with the model's input size, mean and std, on odd-sized images."""
+    import torchvision.transforms.functional as TF
+    from PIL import Image
+    from torchvision.transforms import CenterCrop, Compose, InterpolationMode, Normalize, Resize, ToTensor
+
+    from cirlab.backbones import create_backbone
+
+    bb = create_backbone(f"openclip:{openclip_dir},preprocess=targetpad,target_ratio=1.25")
+    plain = create_backbone(f"openclip:{openclip_dir}")
+
+    def official_pad(image):  # the official TargetPad, as written in SEARLE's and CLIP4Cir's code
+        w, h = image.size
+        if max(w, h) / min(w, h) < 1.25:
+            return image
+        scaled = max(w, h) / 1.25
+        hp, vp = max(int((scaled - w) / 2), 0), max(int((scaled - h) / 2), 0)
+        return TF.pad(image, [hp, vp, hp, vp], 0, "constant")
+
+    official = Compose([official_pad, Resize(32, interpolation=InterpolationMode.BICUBIC), CenterCrop(32),
+                        ToTensor(), Normalize([0.5] * 3, [0.25] * 3)])
+    rng = np.random.default_rng(0)
+    for w, h in [(37, 91), (200, 61), (251, 200), (64, 64)]:
+        img = Image.fromarray(rng.integers(0, 256, (h, w, 3), dtype=np.uint8))
+        assert torch.allclose(bb.preprocess(img), official(img), atol=1e-6), (w, h)
+    pixels = torch.stack([bb.preprocess(Image.fromarray(rng.integers(0, 256, (40, 90, 3), dtype=np.uint8)))])
+    with torch.no_grad():
+        raw = bb.forward_images(pixels, normalize=False)
+        assert torch.allclose(raw, bb.model.encode_image(pixels), atol=1e-6)
+        assert torch.allclose(bb.forward_images(pixels), torch.nn.functional.normalize(raw, dim=-1), atol=1e-6)
+        tok = bb.tokenize(["a photo of $ that is red"])
+        assert torch.allclose(bb.forward_texts(tok, normalize=False), bb.model.encode_text(tok["input_ids"]),
+                              atol=1e-6)
+    assert plain.preprocess_config() != bb.preprocess_config()

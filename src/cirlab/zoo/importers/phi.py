@@ -48,6 +48,16 @@ def linear_shapes(state: dict[str, torch.Tensor], weights: list[str], path: Path
     return shapes
 
 
+def default_backbone(in_dim: int, backbones: dict[int, str], backbone: str | None, src: Path) -> str:
+    """``backbone`` when given, else the official backbone for phi's input width."""
+    if backbone:
+        return backbone
+    if in_dim not in backbones:
+        raise CirlabError(f"{src}: phi takes {in_dim}-d features; no official backbone has that width "
+                          f"(known: {sorted(backbones)}); pass backbone=SPEC")
+    return backbones[in_dim]
+
+
 def write_phi_checkpoint(method: str, family: str, state: dict[str, torch.Tensor], cfg: PhiConfig, src: Path,
                          out_dir: Path, backbone: str, source_format: str, extra: dict[str, Any] | None = None
                          ) -> Path:
@@ -68,4 +78,4 @@ def write_phi_checkpoint(method: str, family: str, state: dict[str, torch.Tensor
     return ck.save(out_dir)
 
 
-__all__ = ["IMAGE_PROMPT", "file_sha256", "linear_shapes", "write_phi_checkpoint"]
+__all__ = ["IMAGE_PROMPT", "default_backbone", "file_sha256", "linear_shapes", "write_phi_checkpoint"]

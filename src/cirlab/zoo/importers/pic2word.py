@@ -17,16 +17,17 @@ from ...errors import CirlabError
 from ...methods.textual_inversion import PhiConfig
 from ..safe_load import load_weights_only, state_dict_at
 from . import IMPORTERS
-from .phi import linear_shapes, write_phi_checkpoint
+from .phi import default_backbone, linear_shapes, write_phi_checkpoint
 
-DEFAULT_BACKBONE = "hf:openai/clip-vit-large-patch14"
+#: CLIP embedding width -> the backbone Pic2Word was released for (ViT-L/14 only)
+BACKBONES = {768: "hf:openai/clip-vit-large-patch14"}
 KEY = "state_dict_img2text"
 DROPOUT = 0.1
 _BLOCK = re.compile(r"layers\.(\d+)\.0\.(weight|bias)")
 
 
 @IMPORTERS.register("pic2word", help="Pic2Word .pt (state_dict_img2text, module. prefix) -> pic2word:DIR")
-def convert(src: Path, out_dir: Path, backbone: str = DEFAULT_BACKBONE) -> Path:
+def convert(src: Path, out_dir: Path, backbone: str | None = None) -> Path:
     state = state_dict_at(load_weights_only(src), KEY, src)
     blocks = sorted({int(m.group(1)) for k in state if (m := _BLOCK.fullmatch(k))})
     if not blocks or blocks != list(range(len(blocks))):
@@ -40,10 +41,10 @@ def convert(src: Path, out_dir: Path, backbone: str = DEFAULT_BACKBONE) -> Path:
         if head not in rename:
             raise CirlabError(f"{src}: unexpected {KEY} key {k!r} (an IM2TEXT has layers.N.0.* and fc_out.*)")
         mapped[f"{rename[head]}.{leaf}"] = v
-    hidden = shapes[0][0]
-    cfg = PhiConfig(in_dim=shapes[0][1], out_dim=shapes[-1][0], hidden=hidden, layers=len(names),
+    cfg = PhiConfig(in_dim=shapes[0][1], out_dim=shapes[-1][0], hidden=shapes[0][0], layers=len(names),
                     activation="relu", dropout=DROPOUT, raw_input=True)
+    backbone = default_backbone(cfg.in_dim, BACKBONES, backbone, src)
     return write_phi_checkpoint("pic2word", "pic2word", mapped, cfg, src, out_dir, backbone,
                                 f"Pic2Word torch.save dict, key {KEY!r}")
 
-__all__ = ["DEFAULT_BACKBONE", "convert"]
+__all__ = ["BACKBONES", "convert"]

@@ -17,7 +17,7 @@ from ...errors import CirlabError
 from ...methods.textual_inversion import PhiConfig
 from ..safe_load import load_weights_only, state_dict_at
 from . import IMPORTERS
-from .phi import linear_shapes, write_phi_checkpoint
+from .phi import default_backbone, linear_shapes, write_phi_checkpoint
 
 KEY = "Phi"
 DROPOUT = 0.5
@@ -44,11 +44,7 @@ def convert_phi(src: Path, out_dir: Path, method: str, family: str, backbones: d
                           f"found {sorted(state)[:8]})")
     shapes = linear_shapes(state, [f"layers.{i}.weight" for i in idx], src)
     in_dim = shapes[0][1]
-    if backbone is None:
-        if in_dim not in backbones:
-            raise CirlabError(f"{src}: phi takes {in_dim}-d features; no default backbone for that width "
-                              f"(known: {sorted(backbones)}); pass backbone=SPEC")
-        backbone = backbones[in_dim]
+    backbone = default_backbone(in_dim, backbones, backbone, src)
     cfg = PhiConfig(in_dim=in_dim, out_dim=shapes[-1][0], hidden=shapes[0][0], layers=len(idx), activation="gelu",
                     dropout=DROPOUT, raw_input=True)
     mapped = {k.replace("layers.", "net.", 1): v for k, v in state.items()}
