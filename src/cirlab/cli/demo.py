@@ -11,7 +11,7 @@ import time
 from pathlib import Path
 
 from .common import add_feature_cache_arg, feature_cache, format_table, split_methods
-from .evaluate import TABLE_COLUMNS, write_json
+from .evaluate import TABLE_COLUMNS
 
 # weighted:0.2 = the text weight that maximised R@10 on the world's val split (see README)
 DEMO_METHODS = ["image", "text", "sum", "weighted:0.2"]
@@ -34,6 +34,7 @@ def run(args: argparse.Namespace) -> int:
     from ..data import load_dataset
     from ..eval.evaluate import evaluate_methods
     from ..eval.report import write_report
+    from ..eval.results import write_results
     from ..world import WorldConfig, generate_world
 
     t0 = time.time()
@@ -50,8 +51,7 @@ def run(args: argparse.Namespace) -> int:
     print(f"\nworld test split: {len(dataset.gallery)} gallery images, {len(dataset)} queries; "
           f"backbone {args.backbone}; reference removed from rankings; metrics in %\n")
     print(format_table([{"method": r.method, **r.metrics} for r in results], TABLE_COLUMNS))
-    payload = {"dataset": str(split), "world": cfg.to_dict(), "results": [r.to_json() for r in results]}
-    write_json(out / "results.json", payload)
+    write_results(out / "results.json", results, dataset=str(split), world=cfg.to_dict(), index_dir=str(out / "index"))
     report = write_report(out / "report.html", dataset, results, title="cirlab demo: baselines on the built-in world")
     print(f"\nwrote {out / 'results.json'} and {report} in {time.time() - t0:.0f}s")
     return 0

@@ -3,7 +3,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 from pathlib import Path
 
 from ..errors import CirlabError
@@ -56,7 +55,9 @@ def run(args: argparse.Namespace) -> int:
                                cache=feature_cache(args))
     payload = {"dataset": str(args.data), "results": [r.to_json() for r in results]}
     if args.out:
-        write_json(args.out, payload)
+        from ..eval.results import write_results
+
+        write_results(args.out, results, dataset=str(args.data), index_dir=str(index_dir))
     if args.save_rankings:
         write_json(args.save_rankings, {r.method: r.rankings for r in results})
     if args.json:
@@ -67,7 +68,6 @@ def run(args: argparse.Namespace) -> int:
 
 
 def write_json(path: Path, obj: object) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(json.dumps(obj, indent=1))
-    os.replace(tmp, path)
+    from ..data.jsonl import write_json as write
+
+    write(path, obj)

@@ -190,6 +190,16 @@ def _dataset_info(root: Path) -> dict[str, Any]:
     return meta
 
 
+def write_json(path: Path, obj: Any, indent: int | None = 1) -> Path:
+    """Write ``obj`` as JSON atomically (temp file + rename); returns ``path``."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(json.dumps(obj, indent=indent))
+    os.replace(tmp, path)
+    return path
+
+
 def write_jsonl(path: Path, rows: Iterable[dict[str, Any]]) -> None:
     """Write rows atomically (temp file + rename), so a crash never leaves half a file."""
     path.parent.mkdir(parents=True, exist_ok=True)
