@@ -330,6 +330,14 @@ def test_app_shows_the_query_dataset(app, exported, tmp_path_factory):
                     if not re.match(r"(http://127\.0\.0\.1[:/]|data:|blob:)", req.url) else None)
             page.goto(url)
             page.get_by_text(f"{len(queries)} samples").first.wait_for(timeout=120_000)
+            # a method's failure view, opened by its saved-view slug
+            fails = len(queries.load_saved_view("failures-sum"))
+            assert 0 < fails < len(queries)
+            page.goto(url + "?view=failures-sum")
+            page.get_by_text(f"{fails} samples").first.wait_for(timeout=60_000)
+            dismiss = page.get_by_text("Dismiss")
+            if dismiss.count():
+                dismiss.first.click()
             page.wait_for_timeout(3000)
             ARTIFACTS.mkdir(exist_ok=True)
             shot = ARTIFACTS / "fiftyone-app.png"
