@@ -55,3 +55,10 @@ def test_backbones_lists_missing_kinds_with_install_hint(capsys):
         assert "pip install 'cirlab[openclip]'" in lines["openclip"]
     else:
         assert "not installed" not in lines["openclip"]
+
+
+@pytest.mark.skipif(importlib.util.find_spec("fiftyone") is not None, reason="FiftyOne is installed here")
+def test_fiftyone_commands_say_where_fiftyone_lives(tmp_path, capsys):
+    for argv in (["export", "fiftyone", "--results", str(tmp_path)], ["fiftyone", "--results", str(tmp_path)]):
+        assert main(argv) == 2
+        assert "make install-fiftyone" in capsys.readouterr().err

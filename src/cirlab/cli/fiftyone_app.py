@@ -40,17 +40,23 @@ def register(sub: argparse._SubParsersAction) -> None:
     app.set_defaults(func=run_app)
 
 
+def _require_fiftyone() -> None:
+    import importlib.util
+
+    if importlib.util.find_spec("fiftyone") is None:
+        raise CirlabError("FiftyOne is not installed in this environment: `make install-fiftyone` makes "
+                          ".venv-fiftyone (run .venv-fiftyone/bin/cirlab), see docs/fiftyone.md")
+
+
 def _export(args: argparse.Namespace):
-    try:
-        from ..integrations.fiftyone import export
-    except ModuleNotFoundError as e:
-        raise CirlabError(f"the FiftyOne integration needs {e.name!r}: install it as docs/fiftyone.md says "
-                          "(make install-fiftyone)") from None
+    from ..integrations.fiftyone import export
+
     return export.export_run(args.results, args.data, name=args.name, fail_k=args.fail_k, examples=args.examples,
                              similarity=not args.no_similarity, home=args.home)
 
 
 def run_export(args: argparse.Namespace) -> int:
+    _require_fiftyone()
     from ..integrations.fiftyone import database
 
     with database(args.home):
@@ -63,6 +69,7 @@ def run_export(args: argparse.Namespace) -> int:
 def run_app(args: argparse.Namespace) -> int:
     import signal
 
+    _require_fiftyone()
     from ..integrations.fiftyone import database
     from ..integrations.fiftyone.app import start_app
     from ..integrations.fiftyone.env import configure
