@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Any, Iterable, Iterator
 
 from ..errors import DatasetError
-from ..fileutil import check_sealed
+from ..fileutil import atomic_write_text, check_sealed
 from .record import CIRDataset, CIRTriplet, Gallery
 
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".webp", ".bmp", ".gif", ".tif", ".tiff")
@@ -192,12 +192,8 @@ def _dataset_info(root: Path) -> dict[str, Any]:
 
 def write_json(path: Path, obj: Any, indent: int | None = 1) -> Path:
     """Write ``obj`` as JSON atomically (temp file + rename); returns ``path``."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(json.dumps(obj, indent=indent))
-    os.replace(tmp, path)
-    return path
+    atomic_write_text(path, json.dumps(obj, indent=indent))
+    return Path(path)
 
 
 def write_jsonl(path: Path, rows: Iterable[dict[str, Any]]) -> None:
