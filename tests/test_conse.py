@@ -66,6 +66,12 @@ def test_classifier_sees_imagenet_concepts(conse):
     assert {"tabby cat", "tiger cat", "Egyptian Mau"} & set(tops[0])
     assert tops[1][0] == "espresso"
     assert "military uniform" in tops[2]
+    # the same from a path, a PIL image and a list of both
+    from PIL import Image
+
+    assert conse.top_classes(SK / "coffee.png", k=3) == conse.top_classes(px[1], k=3) == [conse.top_classes(px, k=3)[1]]
+    both = conse.top_classes([str(SK / "coffee.png"), Image.open(MPL / "grace_hopper.jpg")], k=3)
+    assert both == [conse.top_classes(px, k=3)[1], conse.top_classes(px, k=3)[2]]
 
 
 def test_image_feature_is_the_weighted_mean_of_its_top_classes(conse):
@@ -116,8 +122,13 @@ def test_cli_index_and_search_photos_offline(tmp_path, capsys, monkeypatch):
                  "--text", "a motorbike", "--method", "text", "-k", "1", "--json"]) == 0
     hits = json.loads(capsys.readouterr().out)["results"]
     assert Path(hits[0]["path"]).name == "motorcycle_left.png"
-    # image similarity alone from a file outside the gallery: the same photo is found first
+    # image similarity alone from a file outside the gallery with the bytes of a gallery photo: with
+    # --keep-reference that photo is found first; without, it is the reference and is dropped
     assert main(["search", "--index", str(tmp_path / "idx"), "--reference", str(SK / "coffee.png"),
-                 "--text", "the same", "--method", "image", "-k", "1", "--json"]) == 0
+                 "--text", "the same", "--method", "image", "-k", "1", "--json", "--keep-reference"]) == 0
     hits = json.loads(capsys.readouterr().out)["results"]
     assert Path(hits[0]["path"]).name == "coffee.png" and hits[0]["score"] > 0.999
+    assert main(["search", "--index", str(tmp_path / "idx"), "--reference", str(SK / "coffee.png"),
+                 "--text", "the same", "--method", "image", "-k", "9", "--json"]) == 0
+    hits = json.loads(capsys.readouterr().out)["results"]
+    assert len(hits) == 9 and "coffee.png" not in {Path(h["path"]).name for h in hits}

@@ -119,3 +119,27 @@ def test_ray_listens_on_loopback_only(local_ray):
     assert mine, "found no listening socket of the Ray processes"
     bad = [line for line in mine if not line.split()[3].startswith(("127.0.0.1:", "[::1]:", "[::ffff:127.0.0.1]:"))]
     assert not bad, bad
+
+
+@pytest.mark.timeout(180)   # before the check, Ray waited for the GPUs forever
+def test_gpus_the_cluster_lacks_are_a_clear_error_not_a_hang(local_ray, world, tmp_path):
+    from cirlab.errors import CirlabError
+    from cirlab.index.ray_encode import encode_chunks_ray
+
+    gallery, backbone = world
+    assert local_ray.cluster_resources().get("GPU", 0) == 0
+    with pytest.raises(CirlabError, match=r"8 actor\(s\) x 1 GPU each need 8 GPU\(s\), but the cluster has 0 "
+                                          r"\(CPU 2\); pass gpus_per_actor=0"):
+        encode_chunks_ray(backbone, gallery, tmp_path, num_actors=8, gpus_per_actor=1, progress=False)
+    assert not list(tmp_path.rglob("*.safetensors"))                 # nothing was encoded
+
+
+def test_pool_check_counts_every_actor():
+    from cirlab.errors import CirlabError
+    from cirlab.index.ray_encode import check_pool_fits
+
+    check_pool_fits({"CPU": 4.0, "GPU": 2.0}, 2, 2.0, 1.0)          # exactly fits
+    with pytest.raises(CirlabError, match=r"3 actor\(s\) x 1 GPU each need 3 GPU\(s\), but the cluster has 2"):
+        check_pool_fits({"CPU": 4.0, "GPU": 2.0}, 3, 1.0, 1.0)
+    with pytest.raises(CirlabError, match=r"3 actor\(s\) x 2 CPU each need 6 CPU\(s\), but the cluster has 4"):
+        check_pool_fits({"CPU": 4.0}, 3, 2.0, 0.0)

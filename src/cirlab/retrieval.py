@@ -7,6 +7,7 @@ This is the object the CLI, the evaluation loop and the HTTP service all use::
 """
 from __future__ import annotations
 
+import hashlib
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -23,6 +24,10 @@ from .index import VectorIndex, load_index
 from .methods import Method, QueryBatch, create_method
 
 
+def _file_digest(path: Path) -> bytes:
+    return hashlib.blake2b(path.read_bytes(), digest_size=16).digest()
+
+
 @dataclass
 class Hit:
     id: str
@@ -37,6 +42,7 @@ class Retriever:
         self.index = index
         self.method = create_method(method, backbone) if isinstance(method, str) else method
         self.paths = paths or {}
+        self._files: dict[str, tuple[Path, int]] | None = None   # id -> (resolved path, size), made when needed
 
     @classmethod
     def from_index(cls, directory: str | os.PathLike[str], method: str = "sum", backbone: str | Backbone | None = None,
@@ -54,6 +60,28 @@ class Retriever:
 
     def with_method(self, method: str | Method) -> "Retriever":
         return Retriever(self.backbone, self.index, method, self.paths)
+
+    def gallery_ids_of(self, reference: ImageLike | str) -> list[str]:
+        """The gallery ids that *are* ``reference``: its id, or the gallery images stored in the same file
+        (same resolved path) or in a file with the same bytes (a copy). Empty for other images."""
+        if isinstance(reference, str) and reference in self.paths:
+            return [reference]
+        if not isinstance(reference, (str, os.PathLike)) or not Path(reference).is_file():
+            return []
+        if self._files is None:
+            self._files = {}
+            for i, p in self.paths.items():
+                try:
+                    self._files[i] = (Path(p).resolve(), Path(p).stat().st_size)
+                except OSError:
+                    continue
+        ref = Path(reference).resolve()
+        same = [i for i, (p, _) in self._files.items() if p == ref]
+        if same:
+            return same
+        size = ref.stat().st_size
+        digest = _file_digest(ref)
+        return [i for i, (p, n) in self._files.items() if n == size and _file_digest(p) == digest]
 
     # -- queries ---------------------------------------------------------------------------
     def reference_features(self, references: Sequence[ImageLike | str], raw: bool = False) -> torch.Tensor:
@@ -137,6 +165,6 @@ class Retriever:
     def search(self, reference: ImageLike | str, text: str, k: int = 10, exclude_reference: bool = True
                ) -> list[Hit]:
         batch = self.make_batch([reference], [text])
-        exclude = [[reference]] if exclude_reference and isinstance(reference, str) else None
+        exclude = [self.gallery_ids_of(reference)] if exclude_reference else None
         scores, ids = self.search_batch(batch, k, exclude)
         return [Hit(i, float(s), self.paths.get(i)) for i, s in zip(ids[0], scores[0])]

@@ -43,7 +43,7 @@ from safetensors.torch import save_file
 
 from ..errors import CirlabError
 from . import BACKBONES
-from .base import PLACEHOLDER, Backbone, finish, placeholder_mask
+from .base import PLACEHOLDER, Backbone, ImageLike, finish, placeholder_mask
 from .encoding import cache_root
 from .extras import require
 from .inject import TokenInjector, pick_placeholder
@@ -218,8 +218,16 @@ class ConseBackbone(Backbone):
     def token_embedding_weight(self) -> torch.Tensor:
         return self.text.get_input_embeddings().weight
 
-    def top_classes(self, pixels: torch.Tensor, k: int = 5) -> list[list[tuple[str, float]]]:
-        """The ``k`` most probable ImageNet classes per image (for explaining a result)."""
+    def top_classes(self, images: ImageLike | Sequence[ImageLike] | torch.Tensor, k: int = 5
+                    ) -> list[list[tuple[str, float]]]:
+        """The ``k`` most probable ImageNet classes per image (for explaining a result).
+
+        ``images``: an image file, a PIL image, a list of them, or the pixels ``preprocess_batch`` makes."""
+        if isinstance(images, torch.Tensor):
+            pixels = images if images.dim() == 4 else images.unsqueeze(0)
+        else:
+            one = isinstance(images, (str, os.PathLike, Image.Image))
+            pixels = self.preprocess_batch([images] if one else list(images))
         with torch.no_grad():
             top = self.class_probabilities(pixels).topk(k, dim=-1)
         return [[(self.class_names[i], round(float(v), 4)) for v, i in zip(vs, ix)]

@@ -33,6 +33,7 @@ import torch
 from pymilvus import DataType, MilvusClient
 
 from ..errors import IndexMismatchError
+from ..logs import quiet_milvus_lite
 from .base import INDEXES, VectorIndex, as_tensor, first_k, max_excluded, parse_options, write_manifest
 
 BUILD_PARAMS = {"nlist", "M", "efConstruction", "m", "nbits"}
@@ -41,6 +42,7 @@ OPTIONS = {"collection", "index_type", "batch"}
 ID_FIELD, VEC_FIELD = "id", "vector"
 MAX_ID_LENGTH = 1024
 MAX_TOPK = 16384  # Milvus caps limit (top-k) and nq per request
+quiet_milvus_lite()
 
 
 def _is_local(uri: str) -> bool:
@@ -183,6 +185,9 @@ class MilvusIndex(VectorIndex):
                             manifest.get("batch", 2000), manifest.get("milvus_params", {}), create=False)
         if not index.client.has_collection(index.collection):
             raise IndexMismatchError(f"{d}: Milvus at {uri} has no collection {index.collection!r}; rebuild the index")
+        # a collection is "released" when the process that built it ends (always so with Milvus Lite):
+        # searches and gets need it loaded again
+        index.client.load_collection(index.collection)
         index._ids = dict.fromkeys(manifest["ids"])
         held = index.server_count()
         if held != len(index._ids):

@@ -28,6 +28,7 @@ from tqdm.auto import tqdm
 from ..backbones import Backbone, create_backbone
 from ..data.record import Gallery
 from ..errors import CirlabError
+from ..logs import ray_logging_level, verbose
 from ..netsafe import ray_init_kwargs
 from .build import chunk_bounds, chunk_path, missing_chunks, prepare_chunks, write_chunk
 
@@ -62,8 +63,21 @@ def _ensure_ray(address: str | None) -> bool:
     if ray.is_initialized():
         return False
     kw = ray_init_kwargs(address=address) if address else ray_init_kwargs()
+    kw.setdefault("logging_level", ray_logging_level())
     ray.init(**kw)  # local Ray: _node_ip_address="127.0.0.1", no dashboard, no usage stats (cirlab.netsafe)
     return True
+
+
+def check_pool_fits(resources: dict[str, float], num_actors: int, cpus_per_actor: float,
+                    gpus_per_actor: float | None) -> None:
+    """Refuse an actor pool the cluster cannot hold: Ray would otherwise wait for it forever."""
+    for kind, per in (("GPU", gpus_per_actor or 0.0), ("CPU", cpus_per_actor)):
+        need, have = num_actors * per, float(resources.get(kind, 0.0))
+        if need > have + 1e-9:
+            hint = ("pass gpus_per_actor=0 to encode on CPUs, or fewer actors" if kind == "GPU"
+                    else "use fewer actors (--ray-actors) or a smaller cpus_per_actor")
+            raise CirlabError(f"Ray: {num_actors} actor(s) x {per:g} {kind} each need {need:g} {kind}(s), but the "
+                              f"cluster has {have:g} ({', '.join(f'{k} {v:g}' for k, v in sorted(resources.items()) if k in ('CPU', 'GPU')) or 'no CPU/GPU'}); {hint}")
 
 
 def encode_chunks_ray(backbone: Backbone, gallery: Gallery, work_dir: str | os.PathLike[str], chunk_size: int = 2048,
@@ -94,6 +108,8 @@ def encode_chunks_ray(backbone: Backbone, gallery: Gallery, work_dir: str | os.P
             by_cpu = int(resources.get("CPU", 1) // max(cpus_per_actor, 1e-9))
             by_gpu = int(resources.get("GPU", 0) // gpus_per_actor) if gpus_per_actor else by_cpu
             num_actors = max(1, min(by_cpu, by_gpu, len(rows) // max(batch_size, 1) or 1))
+        check_pool_fits(resources, num_actors, cpus_per_actor, gpus_per_actor)
+        ray.data.DataContext.get_current().enable_progress_bars = verbose()   # cirlab's own bar below
         log.info("ray: encoding %d images in %d chunks with %d actor(s)", len(rows), len(todo), num_actors)
         ds = ray.data.from_items(rows, override_num_blocks=max(1, min(len(rows) // max(batch_size, 1), 4 * num_actors)))
         out = ds.map_batches(ChunkEncoder, batch_size=batch_size, batch_format="numpy",
