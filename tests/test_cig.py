@@ -121,39 +121,9 @@ def test_cig_errors(tiny_backbone, searle_dir, tmp_path):
 
 def tiny_sd_pipeline(out: Path) -> Path:
     """A miniature random Stable Diffusion pipeline with a character-level CLIP tokenizer, saved to ``out``."""
-    from diffusers import (
-        AutoencoderKL,
-        DDIMScheduler,
-        StableDiffusionPipeline,
-        UNet2DConditionModel,
-    )
-    from transformers import CLIPTextConfig, CLIPTextModel, CLIPTokenizer
+    from cirlab.synth.diffusion import random_sd_pipeline
 
-    out.mkdir(parents=True, exist_ok=True)
-    vocab = {"<|startoftext|>": 0, "<|endoftext|>": 1}
-    for ch in [chr(c) for c in range(97, 123)] + list(",.'0123456789$"):
-        for t in (ch, ch + "</w>"):
-            vocab.setdefault(t, len(vocab))
-    (out / "vocab.json").write_text(json.dumps(vocab))
-    (out / "merges.txt").write_text("#version: 0.2\n")
-    tok = CLIPTokenizer(str(out / "vocab.json"), str(out / "merges.txt"), model_max_length=32)
-    torch.manual_seed(0)
-    unet = UNet2DConditionModel(sample_size=8, in_channels=4, out_channels=4, block_out_channels=(16, 32),
-                                layers_per_block=1, down_block_types=("CrossAttnDownBlock2D", "DownBlock2D"),
-                                up_block_types=("UpBlock2D", "CrossAttnUpBlock2D"), cross_attention_dim=16,
-                                attention_head_dim=4, norm_num_groups=8)
-    vae = AutoencoderKL(in_channels=3, out_channels=3, down_block_types=("DownEncoderBlock2D",) * 2,
-                        up_block_types=("UpDecoderBlock2D",) * 2, block_out_channels=(8, 16), latent_channels=4,
-                        norm_num_groups=8, sample_size=16)
-    te = CLIPTextModel(CLIPTextConfig(vocab_size=len(vocab), hidden_size=16, intermediate_size=32, num_hidden_layers=1,
-                                      num_attention_heads=2, max_position_embeddings=32, bos_token_id=0,
-                                      eos_token_id=1, pad_token_id=1))
-    pipe = StableDiffusionPipeline(vae=vae, text_encoder=te, tokenizer=tok, unet=unet,
-                                   scheduler=DDIMScheduler(num_train_timesteps=100, beta_schedule="linear",
-                                                           clip_sample=False, steps_offset=1),
-                                   safety_checker=None, feature_extractor=None, requires_safety_checker=False)
-    pipe.save_pretrained(out / "pipeline")
-    return out / "pipeline"
+    return random_sd_pipeline(out / "pipeline")
 
 
 def test_diffusers_generator_on_a_tiny_pipeline_and_cig_with_it(small_world, tiny_backbone, searle_dir, tmp_path):

@@ -25,7 +25,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     b.add_argument("--out", required=True, type=Path, help="output directory (config.json + model.safetensors)")
     b.add_argument("--eval-data", type=Path, default=None, help="dataset for image-text retrieval numbers")
     b.add_argument("--epochs", type=int, default=10)
-    b.add_argument("--max-steps", type=int, default=None)
+    b.add_argument("--max-steps", type=int, default=None, help="stop after N steps (default: --epochs full epochs; "
+                   "the run prints its step count and measured time per step first)")
     b.add_argument("--batch-size", type=int, default=256)
     b.add_argument("--lr", type=float, default=1e-3)
     b.add_argument("--width", type=int, default=128)

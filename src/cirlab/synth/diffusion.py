@@ -67,14 +67,10 @@ class DiffusionComponents:
         return h, cond
 
 
-def tiny_components(vocab: Sequence[str], size: int = 16, seed: int = 0) -> DiffusionComponents:
-    """A miniature random pipeline built from configs (no downloads): for tests and CPU smoke runs."""
-    from diffusers import AutoencoderKL, DDIMScheduler, UNet2DConditionModel
-    from transformers import CLIPTextConfig, CLIPTextModel
+def _tiny_unet_vae(size: int):
+    """A two-block UNet (16-d cross-attention) and a two-block VAE for ``size``-pixel images, random weights."""
+    from diffusers import AutoencoderKL, UNet2DConditionModel
 
-    from ..backbones.tiny import WordTokenizer
-
-    torch.manual_seed(seed)
     unet = UNet2DConditionModel(sample_size=size // 2, in_channels=4, out_channels=4, block_out_channels=(16, 32),
                                 layers_per_block=1, down_block_types=("CrossAttnDownBlock2D", "DownBlock2D"),
                                 up_block_types=("UpBlock2D", "CrossAttnUpBlock2D"), cross_attention_dim=16,
@@ -82,6 +78,18 @@ def tiny_components(vocab: Sequence[str], size: int = 16, seed: int = 0) -> Diff
     vae = AutoencoderKL(in_channels=3, out_channels=3, down_block_types=("DownEncoderBlock2D",) * 2,
                         up_block_types=("UpDecoderBlock2D",) * 2, block_out_channels=(8, 16), latent_channels=4,
                         norm_num_groups=8, sample_size=size)
+    return unet, vae
+
+
+def tiny_components(vocab: Sequence[str], size: int = 16, seed: int = 0) -> DiffusionComponents:
+    """A miniature random pipeline built from configs (no downloads): for tests and CPU smoke runs."""
+    from diffusers import DDIMScheduler
+    from transformers import CLIPTextConfig, CLIPTextModel
+
+    from ..backbones.tiny import WordTokenizer
+
+    torch.manual_seed(seed)
+    unet, vae = _tiny_unet_vae(size)
     tok = WordTokenizer(vocab, context=64)
     te = CLIPTextModel(CLIPTextConfig(vocab_size=len(tok.vocab), hidden_size=16, intermediate_size=32,
                                       num_hidden_layers=1, num_attention_heads=2, max_position_embeddings=64,
@@ -90,6 +98,39 @@ def tiny_components(vocab: Sequence[str], size: int = 16, seed: int = 0) -> Diff
     comps = DiffusionComponents(unet, vae, te, tok, sched, size)
     comps.freeze()
     return comps
+
+
+def random_sd_pipeline(out: str | os.PathLike[str], size: int = 16, max_length: int = 32, seed: int = 0) -> Path:
+    """Write a miniature Stable-Diffusion pipeline with random weights to ``out`` (``save_pretrained`` layout).
+
+    For checking the plumbing on a CPU without downloads (``cirlab train cig --pipeline OUT``, the
+    ``diffusers:OUT`` generators): a ``size``-pixel VAE, a two-block UNet, a one-layer CLIP text encoder and
+    a character-level CLIP tokenizer that cuts prompts at ``max_length`` tokens. Its images are noise.
+    """
+    import tempfile
+
+    from diffusers import DDIMScheduler, StableDiffusionPipeline
+    from transformers import CLIPTextConfig, CLIPTextModel, CLIPTokenizer
+
+    vocab = {"<|startoftext|>": 0, "<|endoftext|>": 1}
+    for ch in [chr(c) for c in range(97, 123)] + list(",.'0123456789$"):
+        for t in (ch, ch + "</w>"):
+            vocab.setdefault(t, len(vocab))
+    with tempfile.TemporaryDirectory() as tmp:
+        (Path(tmp) / "vocab.json").write_text(json.dumps(vocab))
+        (Path(tmp) / "merges.txt").write_text("#version: 0.2\n")
+        tok = CLIPTokenizer(str(Path(tmp) / "vocab.json"), str(Path(tmp) / "merges.txt"), model_max_length=max_length)
+    torch.manual_seed(seed)
+    unet, vae = _tiny_unet_vae(size)
+    te = CLIPTextModel(CLIPTextConfig(vocab_size=len(vocab), hidden_size=16, intermediate_size=32, num_hidden_layers=1,
+                                      num_attention_heads=2, max_position_embeddings=max_length, bos_token_id=0,
+                                      eos_token_id=1, pad_token_id=1))
+    pipe = StableDiffusionPipeline(vae=vae, text_encoder=te, tokenizer=tok, unet=unet,
+                                   scheduler=DDIMScheduler(num_train_timesteps=100, beta_schedule="linear",
+                                                           clip_sample=False, steps_offset=1),
+                                   safety_checker=None, feature_extractor=None, requires_safety_checker=False)
+    pipe.save_pretrained(out)
+    return Path(out)
 
 
 def _to_tensor(img: Image.Image, h: int, w: int) -> torch.Tensor:
@@ -193,5 +234,5 @@ class DiffusersGenerator:
         return root
 
 
-__all__ = ["DiffusersGenerator", "DiffusionComponents", "prompt_for", "save_adapter", "stitch", "tiny_components",
-           "train_cir_lora"]
+__all__ = ["DiffusersGenerator", "DiffusionComponents", "prompt_for", "random_sd_pipeline", "save_adapter", "stitch",
+           "tiny_components", "train_cir_lora"]

@@ -24,6 +24,7 @@ from tqdm.auto import tqdm
 from ..backbones.tiny import TinyBackbone, TinyConfig, WordTokenizer
 from ..data.jsonl import iter_jsonl, read_gallery
 from ..errors import DatasetError
+from .estimate import RunEstimate
 
 
 @dataclass
@@ -130,6 +131,8 @@ def train_backbone(cfg: BackboneTrainConfig, progress: bool = True) -> dict[str,
     log: list[dict[str, Any]] = []
     step = 0
     t0 = time.time()
+    detail = f"--max-steps {cfg.max_steps}" if cfg.max_steps else f"{cfg.epochs} epochs x {steps_per_epoch}"
+    estimate = RunEstimate("train tiny backbone", total, detail, "--max-steps N for fewer", enabled=progress)
     bar = tqdm(total=total, desc="train tiny backbone", unit="step", disable=not progress)
     while step < total:
         order = torch.randperm(len(paths))
@@ -153,6 +156,7 @@ def train_backbone(cfg: BackboneTrainConfig, progress: bool = True) -> dict[str,
             torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
             opt.step()
             step += 1
+            estimate.step()
             bar.update(1)
             bar.set_postfix(loss=f"{loss.item():.3f}")
             if step % steps_per_epoch == 0 or step == total:

@@ -30,6 +30,7 @@ import torch.nn.functional as F
 from tqdm.auto import tqdm
 
 from ..errors import CirlabError, DatasetError
+from .estimate import RunEstimate
 from .zeroshot import ZEROSHOT_TRAINERS, ZeroShotContext
 
 
@@ -177,7 +178,7 @@ def train_cig_generator(pipeline_dir: str | Path, data: str | Path, out: str | P
     log: list[dict[str, Any]] = []
     running, t0 = 0.0, time.time()
     bar = tqdm(range(cfg.steps), desc="train cig generator", unit="step", disable=not progress)
-    for step in bar:
+    for step in RunEstimate("train cig generator", cfg.steps, shorten="--steps N for fewer", enabled=progress).wrap(bar):
         pick = torch.randint(0, len(rows), (min(cfg.batch_size, len(rows)),), generator=gen)
         prompts = [composed_training_prompt(gal.captions[rows[j]], gal.meta[rows[j]], rng, cfg.composed)
                    for j in pick.tolist()]

@@ -54,6 +54,7 @@ from ..methods.fusion_diff import (
     SamplingConfig,
     load_fusion_diff,
 )
+from .estimate import RunEstimate
 from .features import triplet_features
 from .losses import contrastive_loss
 from .zeroshot import ZEROSHOT_TRAINERS, ZeroShotContext
@@ -140,7 +141,9 @@ def fit(params: list[torch.nn.Parameter], loss_fn: Callable[[torch.Generator], d
     sums: dict[str, float] = {}
     count = 0
     bar = tqdm(range(start, steps), desc=desc, unit="step", disable=not progress, initial=start, total=steps)
-    for step in bar:
+    estimate = RunEstimate(desc, steps - start, f"resuming at step {start} of {steps}" if start else "",
+                           "--steps N for fewer", enabled=progress)
+    for step in estimate.wrap(bar):
         losses = loss_fn(gen)
         opt.zero_grad(set_to_none=True)
         losses["loss"].backward()

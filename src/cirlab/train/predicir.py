@@ -50,6 +50,7 @@ from ..methods.predicir.views import (
     visible_masks,
 )
 from ..methods.textual_inversion.prompts import get_templates
+from .estimate import RunEstimate
 from .zeroshot import ZEROSHOT_TRAINERS, ZeroShotContext
 
 
@@ -200,8 +201,9 @@ class PrediCIRTrainer:
         last, t0 = 0, time.time()
         self.model.train()
         bar = tqdm(range(cfg.steps), desc="train predicir", unit="step", disable=not progress)
+        estimate = RunEstimate("train predicir", cfg.steps, shorten="--steps N for fewer", enabled=progress)
         with frozen(self.backbone):
-            for step in bar:
+            for step in estimate.wrap(bar):
                 idx = torch.randperm(len(self.data), generator=gen)[:cfg.batch_size]
                 out = self.losses(idx, *self.draw(idx, gen))
                 opt.zero_grad(set_to_none=True)

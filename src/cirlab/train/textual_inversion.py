@@ -34,6 +34,7 @@ from ..methods.textual_inversion.concepts import ConceptVocabulary
 from ..methods.textual_inversion.oti import OTI, OTIConfig
 from ..methods.textual_inversion.phi import Checkpoint, Phi, PhiConfig
 from ..methods.textual_inversion.prompts import PromptTemplates, get_templates
+from .estimate import RunEstimate
 
 
 @dataclass
@@ -121,7 +122,7 @@ def fit(phi: Phi, loss_fn: Callable[[torch.Tensor, torch.Generator], torch.Tenso
     t0 = time.time()
     running, last = 0.0, 0
     bar = tqdm(range(cfg.steps), desc=desc, unit="step", disable=not progress)
-    for step in bar:
+    for step in RunEstimate(desc, cfg.steps, shorten="--steps N for fewer", enabled=progress).wrap(bar):
         idx = torch.randperm(n, generator=gen)[:cfg.batch_size]
         loss = loss_fn(idx, gen)
         grads = torch.autograd.grad(loss, params)
