@@ -15,6 +15,7 @@ from __future__ import annotations
 import errno
 import fcntl
 import hashlib
+import json
 import os
 import socket
 import time
@@ -47,6 +48,17 @@ def atomic_write_bytes(path: str | os.PathLike[str], data: bytes) -> None:
 
 def atomic_write_text(path: str | os.PathLike[str], text: str) -> None:
     atomic_write_bytes(path, text.encode("utf-8"))
+
+
+def read_json_object(path: str | os.PathLike[str], error: type[CirlabError], what: str) -> dict[str, Any]:
+    """A JSON object from ``path``; anything else raises ``error`` naming the file and ``what`` it is."""
+    try:
+        obj = json.loads(Path(path).read_text(encoding="utf-8"))
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise error(f"{path}: {what} ({getattr(e, 'msg', None) or e.reason})") from None
+    if not isinstance(obj, dict):
+        raise error(f"{path}: {what} (a JSON {type(obj).__name__}, not an object)")
+    return obj
 
 
 # -- one writer per directory ------------------------------------------------------------------

@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Any, Iterable, Iterator
 
 from ..errors import DatasetError
-from ..fileutil import atomic_write_text, check_sealed
+from ..fileutil import atomic_write_text, check_sealed, read_json_object
 from .record import CIRDataset, CIRTriplet, Gallery
 
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".webp", ".bmp", ".gif", ".tif", ".tiff")
@@ -172,12 +172,7 @@ def _dataset_info(root: Path) -> dict[str, Any]:
     info = root / "dataset.json"
     if not info.is_file():
         return {}
-    try:
-        meta = json.loads(info.read_text(encoding="utf-8"))
-    except (json.JSONDecodeError, UnicodeDecodeError) as e:
-        raise DatasetError(f"{info}: malformed JSON ({getattr(e, 'msg', None) or e.reason})") from None
-    if not isinstance(meta, dict):
-        raise DatasetError(f"{info}: expected a JSON object, got {type(meta).__name__}")
+    meta = read_json_object(info, DatasetError, "malformed dataset description")
     records = meta.get("files")
     if records:
         if not isinstance(records, dict):

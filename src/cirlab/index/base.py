@@ -27,7 +27,7 @@ import numpy as np
 import torch
 
 from ..errors import IndexMismatchError
-from ..fileutil import atomic_write_text, seal
+from ..fileutil import atomic_write_text, read_json_object, seal
 from ..registry import Registry
 
 MANIFEST = "index.json"
@@ -283,13 +283,7 @@ def read_manifest(directory: str | os.PathLike[str]) -> dict[str, Any]:
     p = Path(directory) / MANIFEST
     if not p.is_file():
         raise IndexMismatchError(f"{directory}: no index here ({MANIFEST} not found); build one with `cirlab index`")
-    try:
-        manifest = json.loads(p.read_text(encoding="utf-8"))
-    except (json.JSONDecodeError, UnicodeDecodeError) as e:
-        raise IndexMismatchError(f"{p}: corrupt manifest ({getattr(e, 'msg', None) or e.reason})") from None
-    if not isinstance(manifest, dict):
-        raise IndexMismatchError(f"{p}: corrupt manifest (a JSON {type(manifest).__name__}, not an object)")
-    return manifest
+    return read_json_object(p, IndexMismatchError, "corrupt manifest")
 
 
 def write_manifest(directory: str | os.PathLike[str], manifest: dict[str, Any], files: Sequence[str] = ()) -> None:
