@@ -156,7 +156,7 @@ def test_world_generator_writes_a_dataset_and_the_style_fit_recovers_the_real_st
 
 
 def test_daig_experiment_runs_on_a_miniature_world(tiny_backbone, tmp_path):
-    from cirlab.synth.daig import DaigConfig, markdown, run_daig
+    from cirlab.experiments.daig import DaigConfig, markdown, run_daig
     from cirlab.train.supervised import StageConfig
 
     cfg = DaigConfig(world_queries=16, seeds=[0, 1], shots=8, fractions=[1.0], synthetic=24,

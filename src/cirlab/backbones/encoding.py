@@ -51,6 +51,7 @@ from torch.utils.data import DataLoader, Dataset
 from tqdm.auto import tqdm
 
 from ..imaging import DEFAULT_BOUNDS, ImageBounds
+from ..paths import cache_root
 from .base import Backbone, ImageLike, load_image
 
 HASH_BYTES = 16
@@ -61,13 +62,6 @@ _OFF = {"off", "none", "0", "false", "no"}
 
 
 # ---- where things live -----------------------------------------------------------------------
-def cache_root() -> Path:
-    """Directory for cirlab's caches: ``$CIRLAB_CACHE`` or ``$XDG_CACHE_HOME/cirlab`` or ``~/.cache/cirlab``."""
-    env = os.environ.get("CIRLAB_CACHE")
-    if env:
-        return Path(env).expanduser()
-    base = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
-    return Path(base) / "cirlab"
 
 
 def default_cache_path() -> Path | None:

@@ -82,7 +82,7 @@ def prepare_split(bench: Benchmark, root: Path | None, split_name: str, drop: bo
 
 
 def index_dir_for(args: argparse.Namespace, split: BenchmarkSplit, part: str, gallery: Any, spec: str) -> Path:
-    from ..cli.common import default_index_dir
+    from ..paths import default_index_dir
 
     if args.index_dir:
         return Path(args.index_dir) / f"{split.benchmark}-{split.split}-{part}"
@@ -123,7 +123,7 @@ def slug(text: str) -> str:
 
 def run_eval(args: argparse.Namespace) -> int:
     from ..backbones import create_backbone
-    from ..cli.common import format_table
+    from ..tables import format_table
     from ..methods import create_method
 
     bench = get_benchmark(args.benchmark)
@@ -166,7 +166,7 @@ def run_eval(args: argparse.Namespace) -> int:
     if saved:
         payload["predictions"] = saved
     if args.out:
-        from ..cli.evaluate import write_json
+        from ..data.jsonl import write_json
 
         write_json(args.out, payload)
     if args.json:

@@ -12,10 +12,10 @@ them) into these objects; ``rankings_from(...)`` reads them back.
 from __future__ import annotations
 
 import json
-import os
 from pathlib import Path
 from typing import Any, Mapping, Sequence
 
+from ..data.jsonl import write_json as _write_json
 from ..errors import CirlabError
 from .base import BenchmarkSplit
 
@@ -59,12 +59,7 @@ def load_json_file(path: Path) -> tuple[Any, list[str]]:
 
 
 def write_json(path: Path, obj: Any) -> Path:
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(json.dumps(obj))
-    os.replace(tmp, path)
-    return path
+    return _write_json(path, obj, indent=None)
 
 
 def cirr_files(rankings: Mapping[str, Sequence[str]], subset: Mapping[str, Sequence[str]] | None

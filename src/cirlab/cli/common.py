@@ -2,25 +2,17 @@
 from __future__ import annotations
 
 import argparse
-import hashlib
-import os
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Sequence
+from typing import TYPE_CHECKING
 
+from ..data.jsonl import write_json
 from ..errors import CirlabError
+from ..fileutil import atomic_write_text
+from ..paths import default_index_dir
+from ..tables import format_table
 
 if TYPE_CHECKING:
     from ..data import CIRDataset, Gallery
-
-
-def cache_root() -> Path:
-    return Path(os.environ.get("CIRLAB_CACHE", Path.home() / ".cache" / "cirlab"))
-
-
-def default_index_dir(gallery: "Gallery", backbone_spec: str) -> Path:
-    h = hashlib.sha256(("\n".join(str(p.resolve()) for p in gallery.paths) + "|" + backbone_spec).encode())
-    slug = "".join(c if c.isalnum() else "-" for c in backbone_spec)[:40]
-    return cache_root() / "indexes" / f"{slug}-{h.hexdigest()[:12]}"
 
 
 def add_feature_cache_arg(p: argparse.ArgumentParser) -> None:
@@ -53,12 +45,23 @@ def split_methods(text: str) -> list[str]:
     return specs
 
 
-def write_text_atomic(path: Path, text: str) -> None:
-    """Write ``text`` to ``path`` via a temporary file and a rename: readers never see half a file."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(text)
-    tmp.replace(path)
+def experiment_subparsers(sub: argparse._SubParsersAction) -> argparse._SubParsersAction:
+    """The sub-commands of ``cirlab experiment`` (created by the first module that asks)."""
+    parent = sub.choices.get("experiment")
+    if parent is None:
+        parent = sub.add_parser("experiment", help="reproducible experiments on the built-in world")
+        esub = parent.add_subparsers(dest="experiment", metavar="NAME")
+        esub.required = True
+        return esub
+    return next(a for a in parent._actions if isinstance(a, argparse._SubParsersAction))
+
+
+def set_threads(threads: int | None) -> None:
+    """``--threads N``: torch CPU threads (None: leave torch's default)."""
+    if threads:
+        import torch
+
+        torch.set_num_threads(threads)
 
 
 def open_gallery(source: Path) -> "Gallery":
@@ -77,10 +80,5 @@ def open_dataset(path: Path) -> "CIRDataset":
     return load_dataset(path)
 
 
-def format_table(rows: Sequence[dict[str, Any]], columns: Sequence[str]) -> str:
-    cells = [[str(r.get(c, "")) if not isinstance(r.get(c), float) else f"{r[c]:.2f}" for c in columns] for r in rows]
-    widths = [max(len(c), *(len(row[i]) for row in cells)) if cells else len(c) for i, c in enumerate(columns)]
-    line = "  ".join(c.ljust(w) for c, w in zip(columns, widths))
-    sep = "  ".join("-" * w for w in widths)
-    body = ["  ".join(v.rjust(w) if n else v.ljust(w) for n, (v, w) in enumerate(zip(row, widths))) for row in cells]
-    return "\n".join([line, sep, *body])
+__all__ = ["add_feature_cache_arg", "atomic_write_text", "default_index_dir", "experiment_subparsers", "feature_cache",
+           "format_table", "open_dataset", "open_gallery", "set_threads", "split_methods", "write_json"]

@@ -6,7 +6,8 @@ import json
 from pathlib import Path
 
 from ..errors import CirlabError
-from .common import add_feature_cache_arg, default_index_dir, feature_cache, format_table, open_dataset, split_methods
+from .common import (add_feature_cache_arg, default_index_dir, feature_cache, format_table, open_dataset,
+                     split_methods, write_json)
 
 TABLE_COLUMNS = ["method", "recall@1", "recall@5", "recall@10", "recall@50", "map@10"]
 
@@ -65,9 +66,3 @@ def run(args: argparse.Namespace) -> int:
     else:
         print(format_table([{"method": r.method, **r.metrics} for r in results], TABLE_COLUMNS))
     return 0
-
-
-def write_json(path: Path, obj: object) -> None:
-    from ..data.jsonl import write_json as write
-
-    write(path, obj)

@@ -1,32 +1,19 @@
 """``cirlab experiment daig``: few-shot supervised CIR with synthetic pre-training (DAIG) in the world.
 
-Adds ``daig`` under ``cirlab experiment`` (created here when no other module made it).
+The pipeline lives in ``cirlab.experiments.daig``.
 """
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 from pathlib import Path
 
 from ..errors import CirlabError
-
-
-def _experiment_subparsers(sub: argparse._SubParsersAction) -> argparse._SubParsersAction:
-    parent = sub.choices.get("experiment")
-    if parent is None:
-        parent = sub.add_parser("experiment", help="reproducible experiments")
-        esub = parent.add_subparsers(dest="experiment", metavar="NAME")
-        esub.required = True
-        return esub
-    for action in parent._actions:
-        if isinstance(action, argparse._SubParsersAction):
-            return action
-    raise RuntimeError("cirlab experiment has no sub-commands to extend")
+from .common import experiment_subparsers
 
 
 def register(sub: argparse._SubParsersAction) -> None:
-    d = _experiment_subparsers(sub).add_parser(
+    d = experiment_subparsers(sub).add_parser(
         "daig", help="32-shot Combiner vs + synthetic pre-training (unadapted / adapted generator), DRSP, FRA",
         description="Few-shot supervised CIR in the built-in world with synthetic pre-training (DAIG). Writes "
                     "OUT/results.json and OUT/results.md (mean ± std over seeds).")
@@ -45,13 +32,12 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    import torch
-
     from ..backbones import create_backbone
-    from ..synth.daig import DaigConfig, command_line, markdown, run_daig
+    from ..experiments import write_results
+    from ..experiments.daig import DaigConfig, command_line, markdown, run_daig
+    from .common import set_threads
 
-    if args.threads:
-        torch.set_num_threads(args.threads)
+    set_threads(args.threads)
     cfg = DaigConfig.quick() if args.quick else DaigConfig()
     if args.seeds:
         try:
@@ -68,10 +54,6 @@ def run(args: argparse.Namespace) -> int:
     argv = sys.argv[sys.argv.index("daig") + 1:] if "daig" in sys.argv else ["--out", str(args.out)]
     res = run_daig(cfg, args.out, create_backbone(args.backbone), command_line(argv))
     md = markdown(res)
-    targets = [args.out / "results"] + ([args.report] if args.report else [])
-    for prefix in targets:
-        prefix.parent.mkdir(parents=True, exist_ok=True)
-        prefix.with_suffix(".json").write_text(json.dumps(res, indent=1))
-        prefix.with_suffix(".md").write_text(md)
+    write_results(res, md, args.out, args.report)
     print(md)
     return 0

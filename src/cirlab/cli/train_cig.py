@@ -4,6 +4,7 @@ from __future__ import annotations
 import argparse
 import json
 from pathlib import Path
+from .common import set_threads
 
 
 def register_cig_training(tsub: argparse._SubParsersAction) -> None:
@@ -26,10 +27,7 @@ def register_cig_training(tsub: argparse._SubParsersAction) -> None:
 def run_cig_training(args: argparse.Namespace) -> int:
     from ..train.cig import CIGGeneratorConfig, train_cig_generator
 
-    if args.threads:
-        import torch
-
-        torch.set_num_threads(args.threads)
+    set_threads(args.threads)
     cfg = CIGGeneratorConfig(steps=args.steps, batch_size=args.batch_size, lr=args.lr, max_images=args.max_images,
                              size=args.size, composed=not args.plain_captions, seed=args.seed)
     summary = train_cig_generator(args.pipeline, args.data, args.out, cfg)

@@ -4,6 +4,7 @@ from __future__ import annotations
 import argparse
 import json
 from pathlib import Path
+from .common import set_threads
 
 
 def _common(p: argparse.ArgumentParser) -> None:
@@ -64,10 +65,7 @@ def register_fusion_diff_training(tsub: argparse._SubParsersAction) -> None:
 def _setup(args: argparse.Namespace):
     from ..backbones import create_backbone
 
-    if args.threads:
-        import torch
-
-        torch.set_num_threads(args.threads)
+    set_threads(args.threads)
     return create_backbone(args.backbone)
 
 

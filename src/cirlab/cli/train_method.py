@@ -6,6 +6,7 @@ import json
 from pathlib import Path
 
 from ..errors import CirlabError
+from .common import set_threads
 
 
 def register_method_training(tsub: argparse._SubParsersAction) -> None:
@@ -48,10 +49,7 @@ def run_method_training(args: argparse.Namespace) -> int:
                             hidden=args.hidden, prompts=args.prompts, temperature=args.temperature, noise=args.noise,
                             oti_images=args.oti_images, oti=OTIConfig(steps=args.oti_steps, seed=args.seed),
                             concepts=str(args.concepts) if args.concepts else None, seed=args.seed)
-    if args.threads:
-        import torch
-
-        torch.set_num_threads(args.threads)
+    set_threads(args.threads)
     backbone = create_backbone(args.backbone)
     data = TrainingData(args.data, args.max_images)
     ck = train_method(backbone, data, cfg, args.out)

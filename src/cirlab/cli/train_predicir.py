@@ -4,6 +4,7 @@ from __future__ import annotations
 import argparse
 import json
 from pathlib import Path
+from .common import set_threads
 
 
 def register_predicir_training(tsub: argparse._SubParsersAction) -> None:
@@ -40,10 +41,7 @@ def run_predicir_training(args: argparse.Namespace) -> int:
     from ..methods.predicir.views import ViewConfig
     from ..train.predicir import PrediCIRTrainConfig, train_predicir
 
-    if args.threads:
-        import torch
-
-        torch.set_num_threads(args.threads)
+    set_threads(args.threads)
     cfg = PrediCIRTrainConfig(steps=args.steps, batch_size=args.batch_size, lr=args.lr, width=args.width,
                               depth=args.depth, prompts=args.prompts, lambda_align=args.lambda_align,
                               visible_weight=args.visible_weight, caption_in_prompt=args.caption_in_prompt,

@@ -7,6 +7,7 @@ import random
 from pathlib import Path
 
 from ..errors import CirlabError
+from .common import open_dataset, set_threads
 
 
 def register_supervised_training(tsub: argparse._SubParsersAction) -> None:
@@ -38,16 +39,12 @@ def register_supervised_training(tsub: argparse._SubParsersAction) -> None:
 
 
 def run_supervised(args: argparse.Namespace) -> int:
-    import torch
-
     from ..backbones import create_backbone
-    from ..cli.common import open_dataset
     from ..methods.combiner import CombinerConfig
     from ..train.features import eval_features, triplet_features
     from ..train.supervised import StageConfig, SupervisedConfig, train_supervised
 
-    if args.threads:
-        torch.set_num_threads(args.threads)
+    set_threads(args.threads)
     backbone = create_backbone(args.backbone)
     cache = args.out / "features"
     real_ds = open_dataset(args.real)

@@ -216,6 +216,4 @@ def write_dataset(root: Path, gallery: Gallery, triplets: Iterable[CIRTriplet], 
     write_jsonl(root / "gallery.jsonl", rows)
     write_jsonl(root / "triplets.jsonl", (t.to_json() for t in triplets))
     if info is not None:
-        tmp = root / "dataset.json.tmp"
-        tmp.write_text(json.dumps(info, indent=2))
-        os.replace(tmp, root / "dataset.json")
+        write_json(root / "dataset.json", info, indent=2)

@@ -11,6 +11,7 @@ from typing import Sequence
 from PIL import Image
 
 from ..data.record import CIRDataset
+from ..fileutil import atomic_write_text
 from .evaluate import EvalResult
 
 THUMB = 72
@@ -94,8 +95,5 @@ def write_report(path: str | Path, dataset: CIRDataset, results: Sequence[EvalRe
                             f"alt='{html.escape(image_id)}'><figcaption>{n}</figcaption></figure>")
             parts.append(f"<div class='q'>{''.join(figs)}</div>")
     parts.append("</body></html>")
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text("\n".join(parts), encoding="utf-8")
-    tmp.replace(path)
+    atomic_write_text(path, "\n".join(parts))
     return path

@@ -1,4 +1,4 @@
-"""The DAIG experiment in the built-in world (``cirlab experiment daig``).
+"""The DAIG experiment in the built-in world (``cirlab experiment daig``): the pipeline that trains.
 
 Real data = the world's train split (style ``REAL``); evaluation = its test split.
 Synthetic data = template-scripted text triplets rendered by the world generator,
@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import json
 import logging
-import math
 import random
 import shlex
 import time
@@ -35,11 +34,12 @@ from ..backbones.base import Backbone
 from ..data import load_dataset
 from ..data.record import CIRDataset
 from ..methods.combiner import CombinerConfig
+from ..synth.scripting import TemplateScripter
+from ..synth.world import UNADAPTED, WorldGenerator, fit_style, frechet_diagonal
 from ..train.features import EvalFeatures, FeatureTriplets, evaluate_features, triplet_features
 from ..train.supervised import StageConfig, SupervisedConfig, train_supervised
 from ..world import WorldConfig, generate_world
-from .scripting import TemplateScripter
-from .world import UNADAPTED, WorldGenerator, fit_style, frechet_diagonal
+from . import mean_std
 
 log = logging.getLogger(__name__)
 METRICS = ("recall@1", "recall@5", "recall@10", "recall@50", "map@10")
@@ -191,9 +191,7 @@ def summarise(runs: dict[str, list[dict[str, Any]]]) -> list[dict[str, Any]]:
     for row, items in runs.items():
         s: dict[str, Any] = {"setting": row, "seeds": len(items)}
         for m in METRICS:
-            vals = [r[m] for r in items]
-            mean = sum(vals) / len(vals)
-            std = math.sqrt(sum((v - mean) ** 2 for v in vals) / (len(vals) - 1)) if len(vals) > 1 else 0.0
+            mean, std = mean_std([r[m] for r in items])
             s[m] = [round(mean, 2), round(std, 2)]
         out.append(s)
     return out
