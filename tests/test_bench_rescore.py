@@ -9,7 +9,7 @@ import torch
 
 from cirlab.cli import main
 from cirlab.methods.ip_cir import IPCIRConfig
-from test_bench_e2e import backbone_dir, circo_val, encoder, gallery_features  # noqa: F401  (fixtures)
+from test_bench_e2e import backbone_dir, circo_test, circo_val, encoder, gallery_features  # noqa: F401  (fixtures)
 from test_bench_protocols import BENCH
 
 pytestmark = pytest.mark.skipif(not BENCH.is_dir(), reason=f"real benchmark annotations not found at {BENCH}")
@@ -49,3 +49,20 @@ def test_eval_benchmark_runs_ip_cir_rescoring(small_world, backbone_dir, encoder
     assert sum(a[:10] != b[:10] for a, b in zip(preds["a"].values(), preds["b"].values())) > 10
     res = json.loads((tmp_path / "r.json").read_text())
     assert res["results"][0]["config"]["lam"] == 0.6
+
+
+def test_submit_runs_the_rescoring_too(small_world, backbone_dir, tmp_path, capsys):  # noqa: F811
+    root = tmp_path / "circo"
+    circo_test(root)
+    world = small_world / "train"
+    subs = {}
+    for name, lam in (("a", 0.6), ("b", 0.0)):
+        cfg = IPCIRConfig(generator=f"world-render:{world}", captioner=f"world:{world}", lam=lam).save(tmp_path / name)
+        assert main(["submit", "--benchmark", "circo", "--split", "test", "--data-root", str(root), "--backbone",
+                     f"tiny:{backbone_dir}", "--method", f"ip-cir:{cfg}", "--out", str(tmp_path / f"sub-{name}"),
+                     "--index-dir", str(tmp_path / "idx")]) == 0
+        subs[name] = json.loads((tmp_path / f"sub-{name}/circo-test.predictions.json").read_text())
+    assert "(validated)" in capsys.readouterr().out
+    assert len(subs["a"]) == len(subs["b"]) == 800
+    # the balanced similarity re-ranked the text side's candidates: submit ran the re-scoring
+    assert sum(a != b for a, b in zip(subs["a"].values(), subs["b"].values())) > 100

@@ -13,6 +13,7 @@ import torch
 import torch.nn.functional as F
 
 from cirlab.cli import main
+from cirlab.errors import CirlabError
 from test_bench_e2e import backbone_dir, circo_test, cirr_root, encoder  # noqa: F401  (fixtures)
 from test_bench_protocols import BENCH, naive_cirr, naive_cirr_from_scores
 from test_zoo_clip4cir import OfficialCombiner
@@ -171,3 +172,22 @@ def test_cig_entry_writes_the_authors_fusion_weight_per_benchmark(zoo):
     assert cfg["generator"] == (f"diffusers:{zoo / 'files/cig-sdxl'},phi={zoo / 'imported/lincir_large.pt'},"
                                 f"steps=50,size=512")
     assert cfg["seed"] == 1600
+
+
+def test_imports_happen_once_and_leave_foreign_directories_alone(zoo):
+    from cirlab.zoo import materialize
+
+    torch.save({"Combiner": official_combiner(8).state_dict()}, zoo / "files" / COMBINER_FILE)
+    first = materialize(ENTRY, "cirr", backbone="tiny:world")
+    made = zoo / "imported" / COMBINER_FILE
+    assert first.method == f"combiner:{made}" and (made / "model.safetensors").is_file()
+    stamp = (made / "model.safetensors").stat().st_mtime_ns
+    assert materialize(ENTRY, "cirr", backbone="tiny:world").method == first.method
+    assert (made / "model.safetensors").stat().st_mtime_ns == stamp          # not converted again
+    other = zoo / "imported" / "cirr_clip_RN50x4_fullft.pt"
+    other.mkdir()
+    (other / "notes.txt").write_text("mine")
+    (zoo / "files" / "cirr_clip_RN50x4_fullft.pt").write_bytes(b"")
+    with pytest.raises(CirlabError, match="cirr_clip_RN50x4_fullft.pt: exists but was not written by the zoo"):
+        materialize(ENTRY, "cirr")
+    assert (other / "notes.txt").read_text() == "mine"

@@ -60,17 +60,18 @@ def import_file(importer: str, src: Path, name: str, **kw: Any) -> Path:
     marker = final / MARKER
     if marker.is_file():
         return final / json.loads(marker.read_text())["path"]
+    if final.exists():   # the zoo renames a complete import into place, marker included: this is not one
+        raise CirlabError(f"{final}: exists but was not written by the zoo (no {MARKER}); move it away and run "
+                          f"again")
     final.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{name}.", dir=final.parent))
     try:
         out = convert(importer, src, tmp / "out", **kw)
         rel = out.resolve().relative_to((tmp / "out").resolve())
         (tmp / "out" / MARKER).write_text(json.dumps({"path": str(rel), "importer": importer, "source": str(src)}))
-        if final.exists():   # a partial earlier attempt has no marker: it is ours to replace
-            shutil.rmtree(final)
         os.replace(tmp / "out", final)
     finally:
-        shutil.rmtree(tmp, ignore_errors=True)
+        shutil.rmtree(tmp, ignore_errors=True)   # the temporary directory this call made
     return final / rel
 
 
