@@ -240,3 +240,37 @@ def test_cig_with_a_captioner_prompts_the_generator_with_composed_prompts(small_
     m.compose(batch)
     refs = NearestCaptionCaptioner(tiny_backbone, small_world / "train").caption(batch)
     assert m.generator.prompts(batch) == [f"{r} that {t}" for r, t in zip(refs, batch.texts)]
+
+
+def test_cig_with_a_raw_feature_phi_inverts_the_raw_features(small_world, tiny_backbone, tmp_path):
+    """An imported (official) phi takes raw projected features: CIG asks the retriever for the references'
+    raw features and inverts the imagined target's raw feature too."""
+    from cirlab.index import build_index
+    from cirlab.retrieval import Retriever
+
+    torch.manual_seed(1)
+    phi = Phi(PhiConfig(tiny_backbone.embed_dim, tiny_backbone.token_dim, 32, 2, "gelu", 0.0, raw_input=True)).eval()
+    Checkpoint("searle", phi, get_templates("world"), tiny_backbone.spec, tiny_backbone.fingerprint()).save(
+        tmp_path / "raw-searle")
+    w = 0.4
+    cfg = CIGConfig(inversion=f"searle:{tmp_path / 'raw-searle'}", generator=f"world-render:{small_world / 'train'}",
+                    weight=w, seed=2).save(tmp_path / "cig")
+    m = create_method(f"cig:{cfg}", tiny_backbone)
+    assert m.needs_raw
+    ds = load_dataset(small_world / "test")
+    index = build_index(tiny_backbone, ds.gallery, tmp_path / "index", progress=False)
+    r = Retriever(tiny_backbone, index, m, dict(zip(ds.gallery.ids, map(str, ds.gallery.paths))))
+    trips = [t for t in ds.triplets if t.targets][:4]
+    batch = r.make_batch([t.reference for t in trips], [t.caption for t in trips])
+    got = m.compose(batch)
+
+    g = ds.gallery
+    raw_ref = tiny_backbone.encode_images([g.paths[g.ids.index(t.reference)] for t in trips], normalize=False)
+    imgs = m.generator.generate(batch, seed=2)
+    raw_gen = tiny_backbone.encode_images(imgs, normalize=False)
+    q1 = _second(tiny_backbone, m.inversion, batch.texts, raw_ref)
+    q2 = _second(tiny_backbone, m.inversion, batch.texts, raw_gen)
+    assert torch.allclose(got, F.normalize((1 - w) * q1 + w * q2, dim=-1), atol=1e-4)
+    # the normalised features would give other tokens (the phi's first layer has biases)
+    q2n = _second(tiny_backbone, m.inversion, batch.texts, F.normalize(raw_gen, dim=-1))
+    assert (q2n - q2).abs().max() > 1e-3

@@ -54,6 +54,20 @@ def test_pseudo_token_prompt_embeddings_drive_the_pipeline(tiny_backbone, tmp_pa
     assert all(np.array_equal(np.asarray(a), np.asarray(b)) for a, b in zip(imgs, direct))
     assert gen.config()["phi"] == str(tmp_path / "phi")
 
+    # the official LinCIR phi takes raw projected features: the generator then asks for them
+    raw = Phi(PhiConfig(tiny_backbone.embed_dim, 16, 32, 2, "gelu", 0.0, raw_input=True)).eval()
+    raw.load_state_dict(phi.state_dict())
+    Checkpoint("lincir", raw, get_templates("world"), "", "").save(tmp_path / "raw-phi")
+    graw = create_proxy_generator(f"diffusers:{pipe_dir},steps=2,guidance=1.0,size=16,phi={tmp_path / 'raw-phi'}",
+                                  tiny_backbone)
+    assert graw.needs_raw and not gen.needs_raw
+    norms = torch.tensor([3.0, 0.5])
+    scaled = QueryBatch(batch.texts, feats, reference_norms=norms)
+    with torch.no_grad():
+        want_raw = gen.prompt_embeds(QueryBatch(batch.texts, feats * norms[:, None]))
+    assert torch.allclose(graw.prompt_embeds(scaled), want_raw, atol=1e-5)
+    assert (want_raw - got).abs().max() > 1e-4
+
     Checkpoint("lincir", Phi(PhiConfig(tiny_backbone.embed_dim, 8, 32, 2, "gelu", 0.0)), get_templates("world"),
                "", "").save(tmp_path / "phi8")
     with pytest.raises(CirlabError, match="maps to 8-d tokens but the pipeline's text encoder embeds tokens in 16"):

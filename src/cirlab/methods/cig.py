@@ -115,6 +115,8 @@ class CIG(Method):
             self.captioner = create_captioner(cfg.captioner, backbone)
         self.needs_pixels = bool(self.generator.needs_pixels or inv.needs_pixels
                                  or (self.captioner is not None and self.captioner.needs_pixels))
+        # raw reference features when the inversion or the generator's own phi take them (the official modules)
+        self.needs_raw = bool(inv.needs_raw or getattr(self.generator, "needs_raw", False))
 
     def second_texts(self, texts: list[str]) -> list[str]:
         inv = self.inversion
@@ -123,20 +125,22 @@ class CIG(Method):
         return [inv.prompts.image_prompt(self.backbone.placeholder)] * len(texts)
 
     @torch.no_grad()
-    def pseudo_target(self, batch: QueryBatch) -> torch.Tensor:
-        """(N, D) normalised image embeddings of the imagined targets."""
+    def pseudo_target(self, batch: QueryBatch, normalize: bool = True) -> torch.Tensor:
+        """(N, D) image embeddings of the imagined targets: normalised, or raw (``normalize=False``)."""
         from .proxies.pixels import REFERENCE_CAPTIONS
 
         if self.captioner is not None and REFERENCE_CAPTIONS not in batch.extra:
             batch.extra[REFERENCE_CAPTIONS] = self.captioner.caption(batch)
-        return proxy_embeddings(self.generator, batch, self.backbone, self.cfg.seed)
+        return proxy_embeddings(self.generator, batch, self.backbone, self.cfg.seed, normalize=normalize)
 
     @torch.no_grad()
     def compose_parts(self, batch: QueryBatch) -> tuple[torch.Tensor, torch.Tensor]:
         """(q1, q2): the query's own composition and the pseudo-target's, both normalised."""
         dev = self.backbone.device
         q1 = F.normalize(self.inversion.compose(batch).float(), dim=-1)
-        tokens2 = self.inversion.pseudo_tokens(self.pseudo_target(batch).to(dev))
+        # phi sees the imagined target as it sees a reference: raw when it was trained on raw features
+        target = self.pseudo_target(batch, normalize=not self.inversion.needs_raw)
+        tokens2 = self.inversion.pseudo_tokens(target.to(dev))
         tok = {k: v.to(dev) for k, v in self.backbone.tokenize(self.second_texts(list(batch.texts))).items()}
         q2 = F.normalize(self.backbone.forward_texts_pseudo(tok, tokens2.to(dev)).float(), dim=-1)
         return q1.cpu(), q2.cpu()

@@ -50,11 +50,15 @@ def create_proxy_generator(spec: str, backbone: Backbone) -> ProxyGenerator:
     return gen
 
 
-def proxy_embeddings(gen: ProxyGenerator, batch: QueryBatch, backbone: Backbone, seed: int = 0) -> torch.Tensor:
-    """Run ``gen`` and return L2-normalised (N, D) target embeddings whatever its kind."""
+def proxy_embeddings(gen: ProxyGenerator, batch: QueryBatch, backbone: Backbone, seed: int = 0,
+                     normalize: bool = True) -> torch.Tensor:
+    """Run ``gen`` and return (N, D) target embeddings whatever its kind: L2-normalised, or (``normalize=False``)
+    a pixel generator's images as the backbone's raw projected features (an embedding generator's outputs
+    have no raw scale: they come back normalised either way)."""
     out = gen.generate(batch, seed=seed)
     if gen.kind == "pixels":
-        out = backbone.encode_images(list(out))
+        feats = backbone.encode_images(list(out), normalize=normalize).float()
+        return torch.nn.functional.normalize(feats, dim=-1) if normalize else feats
     return torch.nn.functional.normalize(out.float(), dim=-1)
 
 

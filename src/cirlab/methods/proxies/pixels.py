@@ -117,6 +117,8 @@ class DiffusersGenerator:
         self.pipeline, self.steps, self.guidance, self.size, self.source = pipeline, steps, guidance, size, source
         self.batch_size = batch_size
         self.phi, self.phi_source, self.template = phi, phi_source, template
+        #: the pseudo-token phi takes raw reference features (the official LinCIR phi does)
+        self.needs_raw = bool(phi is not None and phi.cfg.raw_input)
         self._injector = None
         if hasattr(pipeline, "set_progress_bar_config"):
             pipeline.set_progress_bar_config(disable=True)
@@ -147,7 +149,8 @@ class DiffusersGenerator:
         ids = pipe.tokenizer(texts, padding="max_length", max_length=pipe.tokenizer.model_max_length,
                              truncation=True, return_tensors="pt").input_ids
         p0 = next(self.phi.parameters())
-        pseudo = self.phi(batch.reference_features.to(device=p0.device, dtype=p0.dtype))
+        feats = batch.raw_reference_features if self.needs_raw else batch.reference_features
+        pseudo = self.phi(feats.to(device=p0.device, dtype=p0.dtype))
         te = pipe.text_encoder
         with self._injector.active(ids == self.placeholder_id, pseudo):
             return te(ids.to(te.device))[0]
