@@ -214,3 +214,29 @@ def test_a_generated_world_is_checksummed_and_checked_on_load(tmp_path, capsys):
         fh.write("\n")
     with pytest.raises(DatasetError, match="triplets.jsonl: .* bytes, .* when it was written"):
         load_dataset(root)
+
+
+def test_two_generators_of_one_world_at_once_give_one_consistent_world(tmp_path):
+    import threading
+
+    from cirlab.world import WorldConfig, generate_world
+
+    cfg = WorldConfig(seed=4, resolution=16).small(6)
+    clean = tmp_path / "clean"
+    generate_world(clean, cfg, ("test",), progress=False)
+    out = tmp_path / "w"
+    errors: list[BaseException] = []
+
+    def run() -> None:
+        try:
+            generate_world(out, cfg, ("test",), progress=False)
+        except BaseException as e:  # noqa: BLE001 (reported below)
+            errors.append(e)
+
+    threads = [threading.Thread(target=run) for _ in range(2)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert not errors
+    assert _tree(out) == _tree(clean)

@@ -124,6 +124,8 @@ def test_torn_features_give_a_named_error_and_repair_rebuilds(gallery, backbone_
         feats.unlink()
     code, err = _search(out, capsys)
     assert code == 2 and str(feats) in err and "Traceback" not in err
+    assert main(["serve", "--index", str(out), "--port", "0"]) == 2  # refused before it binds a socket
+    assert str(feats) in capsys.readouterr().err
     assert _index(gallery, out, backbone_dir, "--repair") == 0
     assert feats.read_bytes() == data
 

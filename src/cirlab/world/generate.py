@@ -24,7 +24,7 @@ from typing import Any, Iterator
 from tqdm.auto import tqdm
 
 from ..data.jsonl import write_jsonl
-from ..fileutil import FIXED_MTIME_NS, atomic_write_text, seal
+from ..fileutil import FIXED_MTIME_NS, LOCK_NAME, DirLock, atomic_write_text, seal
 from ..errors import CirlabError
 from .edits import EDIT_KINDS, SINGLE_EDITS, EditResult, make_edit, one_attribute_away
 from .scene import DEFAULT_STYLE, Scene, Style, caption, random_scene, render
@@ -37,6 +37,7 @@ MIN_RESOLUTION = 8
 #: written when a split starts, removed when its dataset.json lands: an interrupted split resumes only
 #: with the settings it was started with
 IN_PROGRESS = ".generating.json"
+LOCK_WAIT_S = 3600.0
 
 
 @dataclass
@@ -226,7 +227,7 @@ def claim_split(root: Path, settings: dict[str, Any]) -> None:
                               f"asked for {_describe(settings['config'])}); give another --out, or delete "
                               f"{root} to regenerate it")
         return
-    others = sorted(p.name for p in root.iterdir())
+    others = sorted(p.name for p in root.iterdir() if p.name != LOCK_NAME)
     if others:
         raise CirlabError(f"{root}: exists and is not a world split (it holds {', '.join(others[:5])}); give a new "
                           f"or empty --out")
@@ -247,10 +248,12 @@ def generate_world(out: str | os.PathLike[str], cfg: WorldConfig | None = None, 
     done: dict[str, Path] = {}
     for split in splits:
         root = out_p / split
-        if is_complete(root, cfg):
-            done[split] = root
-            continue
-        done[split] = write_split(cfg, split, out_p, progress=progress)
+        if not is_complete(root, cfg):
+            claim_split(root, _settings(cfg))  # refused before anything is created
+            with DirLock(root, "generated", wait=LOCK_WAIT_S):  # a concurrent run of the same world: wait for it
+                if not is_complete(root, cfg):
+                    write_split(cfg, split, out_p, progress=progress)
+        done[split] = root
     return done
 
 
