@@ -9,6 +9,15 @@ whether model work blocks the event loop.
 
     .venv/bin/python benchmarks/serve_load.py                 # builds a small world + index in a temp dir
     .venv/bin/python benchmarks/serve_load.py --index DIR     # an existing index (its manifest lists the files)
+
+``--mixed`` measures the hardened service under mixed load instead: 32 clients (by default) of
+which most send cheap queries (``sum`` by gallery id and with a small PNG upload), some upload
+large (4000 x 4000) PNGs and some use an expensive method (``searle-oti``, listed with
+``--methods``). It prints p50/p99 latency of the cheap queries alone (the reference, same run) and
+under the mixed load, the answers and refusals of each kind, and the server's resident size
+(idle, peak, after).
+
+    .venv/bin/python benchmarks/serve_load.py --mixed [--clients 32] [--seconds 30]
 """
 from __future__ import annotations
 
@@ -59,10 +68,22 @@ def process_cpu_seconds(pid: int) -> float:
         return float("nan")
 
 
-def start_server(index: Path, workers: int, torch_threads: int) -> tuple[subprocess.Popen, str]:
+def status_mib(pid: int, field: str) -> float:
+    """A size field of /proc/PID/status (VmRSS: resident now, VmHWM: peak resident), in MiB."""
+    try:
+        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+            if line.startswith(field + ":"):
+                return int(line.split()[1]) / 1024
+    except OSError:
+        pass
+    return float("nan")
+
+
+def start_server(index: Path, workers: int, torch_threads: int, extra: tuple[str, ...] = ()
+                 ) -> tuple[subprocess.Popen, str]:
     proc = subprocess.Popen([sys.executable, "-m", "cirlab", "serve", "--index", str(index), "--host", "127.0.0.1",
                              "--port", "0", "--log-level", "warning", "--model-workers", str(workers),
-                             "--torch-threads", str(torch_threads)],
+                             "--torch-threads", str(torch_threads), *extra],
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
                             env={**os.environ, "PYTHONUNBUFFERED": "1"})
     deadline = time.time() + 60
@@ -151,6 +172,103 @@ async def run_level(url: str, clients: int, kind: str, max_requests: int, max_se
             "mean_batch": round((after["queries"] - before["queries"]) / max(1, after["batches"] - before["batches"]), 2)}
 
 
+def large_png(side: int) -> bytes:
+    """A side x side PNG that compresses well (a smooth pattern), so it fits the upload limit."""
+    import io
+
+    import numpy as np
+    from PIL import Image
+
+    y, x = np.mgrid[0:side, 0:side]
+    buf = io.BytesIO()
+    Image.fromarray(np.stack([x % 256, y % 256, (x // 16 + y // 16) % 256], -1).astype(np.uint8)).save(buf, "PNG")
+    return buf.getvalue()
+
+
+async def run_mixed(url: str, clients: int, seconds: float, ids: list[str], small: list[bytes], large: bytes,
+                    texts: list[str], k: int, slow_method: str, shares: tuple[int, int]) -> dict[str, dict]:
+    """``clients`` clients for ``seconds``: ``shares`` = (large-upload clients, expensive-method clients), the rest
+    cheap. Per kind: latencies of answered requests and counts of each status."""
+    kinds = ["large"] * shares[0] + ["slow"] * shares[1]
+    kinds += ["cheap"] * (clients - len(kinds))
+    out: dict[str, dict] = {kind: {"ms": [], "status": {}} for kind in ("cheap", "large", "slow")}
+    deadline = time.perf_counter() + seconds
+    limits = httpx.Limits(max_connections=clients, max_keepalive_connections=clients)
+    async with httpx.AsyncClient(base_url=url, timeout=300, limits=limits) as http:
+        async def client(n: int, kind: str) -> None:
+            i = n
+            while time.perf_counter() < deadline:
+                i += clients
+                text = texts[i % len(texts)]
+                t0 = time.perf_counter()
+                if kind == "large":
+                    r = await http.post("/search", data={"text": text, "k": str(k)},
+                                        files={"image": ("large.png", large, "image/png")})
+                elif kind == "slow":
+                    r = await http.post("/search", data={"reference_id": ids[i % len(ids)], "text": text,
+                                                         "k": str(k), "method": slow_method})
+                elif i % 2:
+                    r = await http.post("/search", data={"reference_id": ids[i % len(ids)], "text": text, "k": str(k)})
+                else:
+                    r = await http.post("/search", data={"text": text, "k": str(k)},
+                                        files={"image": ("small.png", small[i % len(small)], "image/png")})
+                dt = (time.perf_counter() - t0) * 1000
+                out[kind]["status"][r.status_code] = out[kind]["status"].get(r.status_code, 0) + 1
+                if r.status_code == 200:
+                    out[kind]["ms"].append(dt)
+                elif r.status_code == 503:
+                    await asyncio.sleep(0.2)  # the expensive queue is full: back off a little
+
+        await asyncio.gather(*(client(n, kind) for n, kind in enumerate(kinds)))
+    return out
+
+
+def mixed(args: argparse.Namespace, index: Path, ids: list[str], files: list[bytes], texts: list[str]) -> int:
+    large = large_png(args.large_side)
+    extra = ("--methods", f"sum,image,{args.slow_method}", "--slow-workers", "1")
+    proc, url = start_server(index, args.model_workers, args.torch_threads, extra)
+    try:
+        print(f"server {url}  ({len(ids)} images)  {args.clients} clients for {args.seconds:g} s: "
+              f"{args.large_clients} upload {args.large_side}x{args.large_side} PNGs ({len(large) // 1024} KiB), "
+              f"{args.slow_clients} use {args.slow_method}, the rest cheap sum queries (gallery id / small PNG); "
+              f"cpus={os.cpu_count()}  load average {os.getloadavg()[0]:.1f}", flush=True)
+        for seconds in (5.0, args.seconds / 2):  # a warm-up (discarded), then the cheap queries alone: the reference
+            alone = asyncio.run(run_mixed(url, args.clients, seconds, ids, files, large, texts, args.k,
+                                          args.slow_method, (0, 0)))["cheap"]
+        idle = status_mib(proc.pid, "VmRSS")
+        hwm0 = status_mib(proc.pid, "VmHWM")
+        load = asyncio.run(run_mixed(url, args.clients, args.seconds, ids, files, large, texts, args.k,
+                                     args.slow_method, (args.large_clients, args.slow_clients)))
+        peak = status_mib(proc.pid, "VmHWM")
+        time.sleep(1.0)
+        after = status_mib(proc.pid, "VmRSS")
+        time.sleep(9.0)
+        after10 = status_mib(proc.pid, "VmRSS")
+        health = httpx.get(url + "/health", timeout=30).json()["searches"]
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(10)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+    print(f"{'kind':28s} {'answered':>8s} {'p50 ms':>8s} {'p99 ms':>8s}  statuses")
+    rows = [("cheap, alone (reference)", alone)] + [(f"{k} under mixed load", load[k]) for k in ("cheap", "large",
+                                                                                                  "slow")]
+    for name, row in rows:
+        ms = row["ms"]
+        print(f"{name:28s} {len(ms):8d} {percentile(ms, 0.5):8.1f} {percentile(ms, 0.99):8.1f}  {row['status']}")
+    ratio = percentile(load["cheap"]["ms"], 0.99) / percentile(alone["ms"], 0.99)
+    print(f"cheap p99 under mixed load / alone: {ratio:.2f}x  (goal: p99 < 1000 ms with {args.clients} clients)")
+    print(f"server RSS: idle {idle:.0f} MiB (peak before the mixed load {hwm0:.0f}), peak {peak:.0f} MiB, "
+          f"1 s after {after:.0f} MiB, 10 s after {after10:.0f} MiB; decoded uploads in flight peaked at "
+          f"{health['decoded_bytes_peak'] / 2**20:.0f} MiB (budget 512 MiB)")
+    print(f"load average at the end: {os.getloadavg()[0]:.1f} (a shared machine: other work skews these numbers)")
+    if args.json:
+        args.json.write_text(json.dumps({"alone": alone, "mixed": load, "rss_mib": {"idle": idle, "peak": peak,
+                                                                                   "after": after, "after10": after10}}, indent=1))
+    return 1 if any(s >= 500 for row in (alone, *load.values()) for s in row["status"]) else 0
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--index", type=Path, help="existing index directory (default: build a small one)")
@@ -164,7 +282,14 @@ def main() -> int:
     ap.add_argument("--torch-threads", type=int, default=0, help="server's --torch-threads (0: torch default)")
     ap.add_argument("-k", type=int, default=12)
     ap.add_argument("--json", type=Path, help="also write the rows to this JSON file")
+    ap.add_argument("--mixed", action="store_true", help="the mixed-load scenario (see above) instead of the levels")
+    ap.add_argument("--large-clients", type=int, default=4, help="--mixed: clients uploading large PNGs")
+    ap.add_argument("--large-side", type=int, default=4000, help="--mixed: side of the large PNGs")
+    ap.add_argument("--slow-clients", type=int, default=4, help="--mixed: clients using the expensive method")
+    ap.add_argument("--slow-method", default="searle-oti", help="--mixed: the expensive method")
     args = ap.parse_args()
+    if args.mixed and args.clients == "1,8,32":
+        args.clients = "32"
 
     with tempfile.TemporaryDirectory(prefix="cirlab-serve-bench-") as tmp:
         if args.index:
@@ -176,6 +301,10 @@ def main() -> int:
         else:
             index, ids, paths, texts = build_small_index(Path(tmp), args.backbone, args.queries)
         files = [p.read_bytes() for p in paths[:32] if p.is_file()]
+        if args.mixed:
+            args.clients = int(args.clients)
+            args.seconds = args.seconds if args.seconds != 15.0 else 30.0
+            return mixed(args, index, ids, files, texts)
         proc, url = start_server(index, args.model_workers, args.torch_threads)
         rows = []
         try:

@@ -155,7 +155,10 @@ def test_cheap_query_is_not_queued_behind_expensive_ones(retriever, world):
     entered, release = threading.Event(), threading.Event()
     real = slow.compose
 
+    nice: list[int] = []
+
     def held_compose(batch):  # noqa: ANN001
+        nice.append(os.getpriority(os.PRIO_PROCESS, threading.get_native_id()))
         entered.set()
         release.wait(30)
         return real(batch)
@@ -196,6 +199,52 @@ def test_cheap_query_is_not_queued_behind_expensive_ones(retriever, world):
                 t.join(60)
     assert sorted(answers) == [0, 1, 2]
     assert all(a.status_code == 200 and a.json()["method"] == "searle-oti:2" for a in answers.values())
+    assert nice and set(nice) == {os.getpriority(os.PRIO_PROCESS, 0) + 10}  # their thread yields the CPU to others
+
+
+def test_small_upload_is_not_queued_behind_large_ones(retriever, world, monkeypatch):
+    """Three uploads over large_pixels are held (one decoding, two waiting for the large lane); a small upload is
+    decoded and answered meanwhile, correctly."""
+    import cirlab.serve.app as app_module
+
+    limits = ServeLimits(max_k=20, max_pixels=1_000_000, large_pixels=100_000, decode_workers=1)
+    entered, release = threading.Event(), threading.Event()
+    real = app_module.decode_upload
+
+    def held_decode(data, limits_, name):  # noqa: ANN001, ANN202
+        if "large" in name:
+            entered.set()
+            release.wait(30)
+        return real(data, limits_, name)
+
+    monkeypatch.setattr(app_module, "decode_upload", held_decode)
+    large = io.BytesIO()
+    Image.new("RGB", (500, 400), (200, 30, 30)).save(large, "PNG")
+    answers: dict[int, httpx.Response] = {}
+
+    def one(n: int) -> None:
+        with httpx.Client(base_url=url, timeout=60) as http:
+            answers[n] = http.post("/search", data={"text": "red", "k": "3"},
+                                   files={"image": ("large.png", large.getvalue(), "image/png")})
+
+    with live_server(create_app(retriever, limits=limits)) as url, httpx.Client(base_url=url, timeout=20) as http:
+        threads = [threading.Thread(target=one, args=(n,)) for n in range(3)]
+        try:
+            for t in threads:
+                t.start()
+            assert entered.wait(20), "the large upload was never decoded"
+            small = world.gallery.paths[6]
+            r = http.post("/search", data={"text": "make it blue", "k": "4", "method": "image"},
+                          files={"image": ("small.png", png_bytes(small), "image/png")})
+            assert not answers, "the large uploads must still be held"
+            assert r.status_code == 200, r.text
+            want = retriever.backbone.encode_images([small])[0]
+            check_ranking(r.json()["results"], expected_scores(retriever, want), 4)
+        finally:
+            release.set()
+            for t in threads:
+                t.join(60)
+    assert [answers[n].status_code for n in range(3)] == [200, 200, 200]
 
 
 # ---- item: who may call --------------------------------------------------------------------------

@@ -1,21 +1,23 @@
 """The FastAPI app: thin HTTP handlers over ``SearchService`` plus the static search page.
 
 Routes: ``POST /search``, ``GET /images/{id}``, ``GET /gallery``, ``GET /health``,
-``GET /openapi.json`` and the page at ``/``. Model work (decoding an upload,
-encoding, searching) runs in worker threads, at most ``limits.model_workers`` at
-once, so the event loop keeps answering other requests meanwhile; searches that
-arrive while the model is busy are answered together as one batch (``batching.py``).
+``GET /openapi.json`` and the page at ``/``. Every request first passes the access
+checks (``access.py``: Host, origin, token) and the body bounds (size, stalls). Model
+work (decoding an upload, encoding, searching) runs in worker threads, by lane
+(``workers.py``), so the event loop keeps answering other requests meanwhile and cheap
+searches never wait behind large uploads or expensive methods; searches that arrive
+while the model is busy are answered together as one batch (``batching.py``). Every
+error is JSON ``{"detail": message}``.
 """
 from __future__ import annotations
 
 import logging
 from contextlib import asynccontextmanager
 from pathlib import Path
-from typing import Any, Callable, Optional, Sequence, TypeVar
+from typing import Any, Callable, Optional, Sequence
 from urllib.parse import quote
 
 import anyio
-import anyio.to_thread
 from fastapi import FastAPI, File, Form, Query, Request, UploadFile
 from fastapi.exceptions import HTTPException, RequestValidationError
 from fastapi.responses import FileResponse, JSONResponse, Response
@@ -35,11 +37,11 @@ from .images import ThumbnailCache, decode_upload, upload_pixels
 from .limits import ServeLimits
 from .memory import ByteBudget, trim_heap
 from .service import SearchQuery, SearchResult, SearchService
+from .workers import WorkerLanes
 
 log = logging.getLogger("cirlab.serve")
 
 STATIC_DIR = Path(__file__).parent / "static"
-T = TypeVar("T")
 
 #: the page loads nothing from anywhere but this server
 CSP = ("default-src 'self'; img-src 'self' blob: data:; script-src 'self'; style-src 'self'; "
@@ -201,20 +203,10 @@ def create_app(retriever: Retriever, methods: Sequence[str] | None = None, limit
     access = access or ServeAccess()
     service = SearchService(retriever, methods, limits)
     thumbs = ThumbnailCache()
-    limiters: dict[str, anyio.CapacityLimiter] = {}
-
-    def runner(kind: str, size: int) -> Callable[..., Any]:
-        """Run a function in a worker thread, at most ``size`` of this ``kind`` at once."""
-        async def run(fn: Callable[..., T], *args: Any) -> T:
-            if kind not in limiters:  # made inside the event loop
-                limiters[kind] = anyio.CapacityLimiter(size)
-            return await anyio.to_thread.run_sync(fn, *args, limiter=limiters[kind])
-        return run
-
-    run_model = runner("model", limits.model_workers)
-    run_decode = runner("decode", limits.decode_workers)
+    lanes = WorkerLanes(limits)
+    run_model, run_decode, run_large = lanes.runner("model"), lanes.runner("decode"), lanes.runner("large")
     batcher = MicroBatcher(service, run_model, workers=limits.model_workers, max_batch=limits.max_batch)
-    slow = MicroBatcher(service, runner("slow", limits.slow_workers), workers=limits.slow_workers,
+    slow = MicroBatcher(service, lanes.runner("slow"), workers=limits.slow_workers,
                         max_batch=limits.max_batch, max_pending=limits.slow_queue,
                         name="searches with expensive methods")
     budget = ByteBudget(limits.decode_budget_mb * 1024 * 1024, on_empty=trim_heap)
@@ -228,6 +220,7 @@ def create_app(retriever: Retriever, methods: Sequence[str] | None = None, limit
         finally:
             await slow.stop()
             await batcher.stop()
+            lanes.close()
 
     app = FastAPI(title=f"{title} composed image retrieval", version=__version__,
                   description="Search a gallery with a reference image (upload or gallery id) plus a "
@@ -359,7 +352,8 @@ def create_app(retriever: Retriever, methods: Sequence[str] | None = None, limit
             # the header gives the decoded size; the upload waits (spooled on disk) until that much memory is free
             pixels = await run_decode(upload_pixels, image.file, limits, name)
             async with budget.hold(limits.decode_cost(pixels)):
-                decoded = await run_decode(decode_upload, image.file, limits, name)
+                decode = run_large if pixels > limits.large_pixels else run_decode  # large ones do not hold up small
+                decoded = await decode(decode_upload, image.file, limits, name)
                 upload = UploadInfo(filename=image.filename, width=decoded.width, height=decoded.height)
                 result = await answer(decoded, text, k, method)
                 del decoded

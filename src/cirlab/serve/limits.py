@@ -16,16 +16,16 @@ class ServeLimits:
     any pixel is decoded, so a small file that inflates to gigabytes (a decompression bomb)
     or a 1 x 16,000,000 strip is refused without decoding it.
 
-    Memory: at most ``decode_workers`` uploads are decoded at once, and decoded uploads
+    Memory: at most ``decode_workers`` uploads are decoded at once (plus one over ``large_pixels``), and decoded uploads
     waiting for or inside a search hold at most ``decode_budget_mb`` MiB together (each is
     counted at 4 bytes a pixel from its header, before decoding); uploads beyond the budget
     wait their turn with their body spooled to disk. ``body_timeout_s`` drops a request whose
     body stalls (no bytes for that long, or not complete within ``body_deadline_s``);
     ``max_connections`` bounds open connections (more are answered 503).
 
-    Expensive methods (``Method.expensive``) run on ``slow_workers`` threads of their own,
-    with at most ``slow_queue`` searches waiting (more are answered 503), so cheap searches
-    never queue behind them.
+    Expensive methods (``Method.expensive``) run on ``slow_workers`` threads of their own, at
+    a lower CPU priority, with at most ``slow_queue`` searches waiting (more are answered 503),
+    so cheap searches never queue behind them (``workers.py``).
     """
 
     max_upload_bytes: int = 8 * 1024 * 1024
@@ -41,8 +41,10 @@ class ServeLimits:
     model_workers: int = 2
     #: most searches answered in one batch
     max_batch: int = 32
-    #: uploads decoded at the same time
+    #: uploads decoded at the same time; uploads over ``large_pixels`` are decoded one at a time on a thread of
+    #: their own, at a lower CPU priority, so small uploads never queue behind them
     decode_workers: int = 2
+    large_pixels: int = 4_000_000
     #: MiB that decoded uploads in flight may hold together (4 bytes a pixel, counted from the header)
     decode_budget_mb: int = 512
     #: seconds a request body may stall between two reads, and seconds it may take in all
@@ -57,7 +59,7 @@ class ServeLimits:
     def __post_init__(self) -> None:
         for name in ("max_upload_bytes", "max_pixels", "max_text_chars", "max_k", "default_k", "thumbnail_size",
                      "max_thumbnail_size", "max_id_chars", "model_workers", "max_batch", "decode_workers",
-                     "decode_budget_mb", "max_connections", "slow_workers", "slow_queue"):
+                     "decode_budget_mb", "max_connections", "slow_workers", "slow_queue", "large_pixels"):
             if getattr(self, name) < 1:
                 raise ValueError(f"ServeLimits.{name} must be at least 1, got {getattr(self, name)}")
         for name in ("body_timeout_s", "body_deadline_s"):

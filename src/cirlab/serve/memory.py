@@ -5,7 +5,6 @@ from __future__ import annotations
 import asyncio
 import ctypes
 import ctypes.util
-import os
 from collections import deque
 from contextlib import asynccontextmanager
 from typing import AsyncIterator, Callable
@@ -92,8 +91,8 @@ def map_large_blocks(threshold: int = 1 << 20) -> bool:
 
     By default glibc raises this threshold each time a large block is freed, up to 32 MiB, so decoded
     images (megabytes each) end up in the heap of whichever thread decoded them and stay resident after the
-    burst of uploads that needed them (measured: +108 MiB after 32 concurrent 2000x2000 uploads, +31 MiB with
-    this). It is process-wide: ``cirlab serve`` calls it at start-up.
+    burst of uploads that needed them (measured in docs/serve.md, "Memory and stalled connections"). It is
+    process-wide: ``cirlab serve`` calls it at start-up.
     """
     fn = getattr(_LIBC, "mallopt", None) if _LIBC is not None else None
     return bool(fn is not None and fn(M_MMAP_THRESHOLD, int(threshold)) == 1)
@@ -110,12 +109,3 @@ def trim_heap() -> bool:
         return False
     fn(0)
     return True
-
-
-def rss_bytes(pid: int | str = "self") -> int:
-    """Resident set size of a process (Linux ``/proc``), 0 where unknown."""
-    try:
-        with open(f"/proc/{pid}/statm") as f:
-            return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
-    except (OSError, ValueError, IndexError):
-        return 0
