@@ -64,21 +64,21 @@ def fiftyone_environ(home: Path) -> dict[str, str]:
     }
 
 
+_SET: dict[str, str] = {}  # what configure() put in os.environ
+
+
 def configure(home: Path | None = None) -> Path:
     """Set FiftyOne's environment for cirlab (before ``import fiftyone``); returns the home directory.
 
     Tracking off and the loopback App address are forced; the directories are only defaults, so a
-    user's own ``FIFTYONE_*`` settings win.
+    user's own ``FIFTYONE_*`` settings win (a later call with another ``home`` replaces the earlier defaults).
     """
     home = Path(home) if home else fiftyone_home()
-    home.mkdir(parents=True, exist_ok=True)
     forced = ("FIFTYONE_DO_NOT_TRACK", "FIFTYONE_DEFAULT_APP_ADDRESS", "FIFTYONE_BRAIN_SIMILARITY_BACKENDS",
               "FIFTYONE_BRAIN_SIMILARITY_CIRLAB_CONFIG_CLS")
     for key, value in fiftyone_environ(home).items():
-        if key in forced:
-            os.environ[key] = value
-        else:
-            os.environ.setdefault(key, value)
+        if key in forced or key not in os.environ or os.environ[key] == _SET.get(key):
+            os.environ[key] = _SET[key] = value  # a value an earlier configure() set is ours to change
     import sys
 
     if "fiftyone" in sys.modules:  # imported before configure(): apply what can still be applied
@@ -188,6 +188,7 @@ class MongoServer:
     @classmethod
     def start(cls, home: Path, timeout: float = 60.0) -> "MongoServer":
         home = Path(home)
+        home.mkdir(parents=True, exist_ok=True)
         state = home / STATE_FILE
         if state.is_file():
             try:
