@@ -246,6 +246,14 @@ def test_backend_text_vector_and_id_queries(exported, run):
     plain.delete_brain_run("plain")
     results.cleanup()
     assert not index_dir.exists()
+
+    # cirlab's compute_similarity replaces its own earlier run of a key, index directory included
+    from cirlab.integrations.fiftyone import compute_similarity
+
+    first = Path(compute_similarity(plain, backbone=BACKBONE, method="image", brain_key="again").config.index_dir)
+    second = Path(compute_similarity(plain, backbone=BACKBONE, method="image", brain_key="again").config.index_dir)
+    assert first != second and second.is_dir() and not first.exists()
+    assert plain.list_brain_runs() == ["again"]
     plain.delete()
 
 

@@ -363,6 +363,10 @@ def compute_similarity(samples: Any, backbone: str = "tiny:world", method: str =
         info = root.get_brain_info(brain_key)
         if getattr(info.config, "method", None) != "cirlab":
             raise CirlabError(f"{root.name}: brain key {brain_key!r} is taken by a {info.config.method!r} run")
+        try:
+            root.load_brain_results(brain_key).cleanup()  # its own index directory, if it made one
+        except CirlabError:
+            pass  # the index is already gone
         root.delete_brain_run(brain_key)
     return fob.compute_similarity(samples, backend=CirlabSimilarityConfig, backbone=backbone, method=method,
                                   index=index, index_dir=str(index_dir) if index_dir else None, id_field=id_field,
