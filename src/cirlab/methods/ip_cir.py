@@ -126,6 +126,7 @@ class IPCIR(Method):
         self.rescore_depth = WHOLE_GALLERY if cfg.whole_gallery else cfg.rescore_depth
         self.needs_pixels = bool(self.generator.needs_pixels or self.captioner.needs_pixels
                                  or (self.text_method is not None and self.text_method.needs_pixels))
+        self.needs_raw = bool(self.text_method is not None and self.text_method.needs_raw)
 
     def captions(self, batch: QueryBatch) -> tuple[list[str], list[str]]:
         from .proxies import imagine_captions
