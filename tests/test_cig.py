@@ -242,26 +242,35 @@ def test_cig_with_a_captioner_prompts_the_generator_with_composed_prompts(small_
     assert m.generator.prompts(batch) == [f"{r} that {t}" for r, t in zip(refs, batch.texts)]
 
 
-def test_cig_with_a_raw_feature_phi_inverts_the_raw_features(small_world, tiny_backbone, tmp_path):
-    """An imported (official) phi takes raw projected features: CIG asks the retriever for the references'
-    raw features and inverts the imagined target's raw feature too."""
+def raw_searle(backbone, out: Path) -> Path:
+    """A SEARLE checkpoint whose phi takes raw projected features (as the imported official ones do)."""
+    torch.manual_seed(1)
+    phi = Phi(PhiConfig(backbone.embed_dim, backbone.token_dim, 32, 2, "gelu", 0.0, raw_input=True)).eval()
+    Checkpoint("searle", phi, get_templates("world"), backbone.spec, backbone.fingerprint()).save(out)
+    return out
+
+
+def retriever_batch(method, world: Path, backbone, tmp_path: Path, n: int):
+    """(test dataset, its first ``n`` labelled triplets, their query batch as the retriever makes it)."""
     from cirlab.index import build_index
     from cirlab.retrieval import Retriever
 
-    torch.manual_seed(1)
-    phi = Phi(PhiConfig(tiny_backbone.embed_dim, tiny_backbone.token_dim, 32, 2, "gelu", 0.0, raw_input=True)).eval()
-    Checkpoint("searle", phi, get_templates("world"), tiny_backbone.spec, tiny_backbone.fingerprint()).save(
-        tmp_path / "raw-searle")
+    ds = load_dataset(world / "test")
+    index = build_index(backbone, ds.gallery, tmp_path / "index", progress=False)
+    r = Retriever(backbone, index, method, dict(zip(ds.gallery.ids, map(str, ds.gallery.paths))))
+    trips = [t for t in ds.triplets if t.targets][:n]
+    return ds, trips, r.make_batch([t.reference for t in trips], [t.caption for t in trips])
+
+
+def test_cig_with_a_raw_feature_phi_inverts_the_raw_features(small_world, tiny_backbone, tmp_path):
+    """An imported (official) phi takes raw projected features: CIG asks the retriever for the references'
+    raw features and inverts the imagined target's raw feature too."""
     w = 0.4
-    cfg = CIGConfig(inversion=f"searle:{tmp_path / 'raw-searle'}", generator=f"world-render:{small_world / 'train'}",
-                    weight=w, seed=2).save(tmp_path / "cig")
+    cfg = CIGConfig(inversion=f"searle:{raw_searle(tiny_backbone, tmp_path / 'raw-searle')}",
+                    generator=f"world-render:{small_world / 'train'}", weight=w, seed=2).save(tmp_path / "cig")
     m = create_method(f"cig:{cfg}", tiny_backbone)
     assert m.needs_raw
-    ds = load_dataset(small_world / "test")
-    index = build_index(tiny_backbone, ds.gallery, tmp_path / "index", progress=False)
-    r = Retriever(tiny_backbone, index, m, dict(zip(ds.gallery.ids, map(str, ds.gallery.paths))))
-    trips = [t for t in ds.triplets if t.targets][:4]
-    batch = r.make_batch([t.reference for t in trips], [t.caption for t in trips])
+    ds, trips, batch = retriever_batch(m, small_world, tiny_backbone, tmp_path, 4)
     got = m.compose(batch)
 
     g = ds.gallery

@@ -124,23 +124,13 @@ def test_several_caption_sets_are_averaged(small_world, tiny_backbone):
 
 
 def test_a_raw_feature_text_side_gets_raw_features(small_world, tiny_backbone, tmp_path):
-    from cirlab.index import build_index
     from cirlab.methods import create_method
-    from cirlab.methods.textual_inversion import Checkpoint, Phi, PhiConfig, get_templates
-    from cirlab.retrieval import Retriever
+    from test_cig import raw_searle, retriever_batch
 
-    torch.manual_seed(0)
-    phi = Phi(PhiConfig(tiny_backbone.embed_dim, tiny_backbone.token_dim, 32, 2, "gelu", 0.0, raw_input=True))
-    Checkpoint("searle", phi.eval(), get_templates("world"), tiny_backbone.spec, tiny_backbone.fingerprint()).save(
-        tmp_path / "s")
     cfg = IPCIRConfig(generator=f"world-render:{small_world / 'train'}", captioner=f"world:{small_world / 'train'}",
-                      text_side=f"searle:{tmp_path / 's'}").save(tmp_path / "ip")
+                      text_side=f"searle:{raw_searle(tiny_backbone, tmp_path / 's')}").save(tmp_path / "ip")
     m = create_method(f"ip-cir:{cfg}", tiny_backbone)
     assert m.needs_raw
-    ds = load_dataset(small_world / "test")
-    index = build_index(tiny_backbone, ds.gallery, tmp_path / "index", progress=False)
-    r = Retriever(tiny_backbone, index, m, dict(zip(ds.gallery.ids, map(str, ds.gallery.paths))))
-    trips = [t for t in ds.triplets if t.targets][:3]
-    batch = r.make_batch([t.reference for t in trips], [t.caption for t in trips])
-    assert torch.allclose(m.compose(batch), F.normalize(m.text_method.compose(batch), dim=-1), atol=1e-6)
+    _, _, batch = retriever_batch(m, small_world, tiny_backbone, tmp_path, 3)
     assert batch.reference_norms is not None
+    assert torch.allclose(m.compose(batch), F.normalize(m.text_method.compose(batch), dim=-1), atol=1e-6)
