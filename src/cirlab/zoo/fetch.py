@@ -1,6 +1,7 @@
 """Downloading weight files into the zoo cache: checksum, resume with HTTP Range, atomic.
 
-The cache is ``$CIRLAB_ZOO_DIR`` (default ``~/.cache/cirlab/zoo``); files land in ``files/<name>``.
+The cache is ``$CIRLAB_ZOO_DIR`` (default: ``zoo/`` in cirlab's cache, ``cirlab.paths.cache_root()``);
+files land in ``files/<name>``.
 A download writes ``<name>.part`` and renames it when complete and its checksum matches; an
 interrupted download (dropped connection, killed process) resumes from the bytes already there.
 Without a network, or for files with no direct download, the error names the file and the path
@@ -18,6 +19,7 @@ from pathlib import Path
 from tqdm.auto import tqdm
 
 from ..errors import CirlabError
+from ..paths import cache_root
 from .entries import WeightFile, ZooEntry
 
 CHUNK = 1 << 20
@@ -25,7 +27,8 @@ ENV = "CIRLAB_ZOO_DIR"
 
 
 def cache_dir() -> Path:
-    return Path(os.environ.get(ENV) or Path.home() / ".cache" / "cirlab" / "zoo").expanduser()
+    env = os.environ.get(ENV)
+    return Path(env).expanduser() if env else cache_root() / "zoo"
 
 
 def file_path(w: WeightFile) -> Path:
