@@ -165,6 +165,7 @@ def build_index(backbone: Backbone, gallery: Gallery, directory: str | os.PathLi
             reused = _reuse(backbone, gallery, d, index_spec, repair)
             if reused is not None:
                 stats.add(EncodeStats(len(reused), len(reused), 0))
+                remove_owned(d / CHUNKS)  # left by a build killed after its manifest landed
                 return reused
         # an index being rebuilt is no index until its new manifest lands
         (d / MANIFEST).unlink(missing_ok=True)
