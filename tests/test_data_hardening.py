@@ -181,7 +181,7 @@ def test_cli_errors_are_named_with_exit_2(small, case, capsys):
 
 
 def test_tests_write_caches_only_under_their_temp_dirs(tmp_path_factory):
-    from cirlab.cli.common import cache_root
+    from cirlab.paths import cache_root
 
     base = tmp_path_factory.getbasetemp().resolve()
     assert base in cache_root().resolve().parents
