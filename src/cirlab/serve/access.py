@@ -77,6 +77,11 @@ class ServeAccess:
             names.append(host)
         return cls(allowed_hosts=tuple(dict.fromkeys([*names, *extra_hosts])), token=token or None)
 
+    @property
+    def hosts(self) -> list[str]:
+        """The allowed host names, normalised (lower case, no port or brackets)."""
+        return sorted(self._hosts)
+
     def host_allowed(self, host: str) -> bool:
         return "*" in self._hosts or host_name(host) in self._hosts
 
@@ -121,7 +126,7 @@ def refusal(scope: dict, access: ServeAccess) -> tuple[int, str, dict[str, str]]
     """``(status, message, headers)`` if the request in ``scope`` must be refused, else ``None``."""
     host = _header(scope, b"host") or ""
     if not access.host_allowed(host):
-        return 400, (f"Host {host!r} is not served here (allowed: {', '.join(sorted(access._hosts))}); "
+        return 400, (f"Host {host!r} is not served here (allowed: {', '.join(access.hosts)}); "
                      "a server reached under another name is started with --allowed-hosts NAME"), {}
     if scope["method"] in UNSAFE_METHODS:
         site = (_header(scope, b"sec-fetch-site") or "").lower()
