@@ -24,6 +24,16 @@ from ...backbones.base import Backbone
 from .concepts import ConceptVocabulary
 from .prompts import PromptTemplates
 
+#: the 24 prompt templates SEARLE's OTI samples from at every step (PALAVRA's), ``{}`` = the pseudo word
+PALAVRA_TEMPLATES: tuple[str, ...] = (
+    "This is a photo of a {}", "This photo contains a {}", "A photo of a {}", "This is an illustration of a {}",
+    "This illustration contains a {}", "An illustrations of a {}", "This is a sketch of a {}",
+    "This sketch contains a {}", "A sketch of a {}", "This is a diagram of a {}", "This diagram contains a {}",
+    "A diagram of a {}", "A {}", "We see a {}", "{}", "We see a {} in this photo", "We see a {} in this image",
+    "We see a {} in this illustration", "We see a {} photo", "We see a {} image", "We see a {} illustration",
+    "{} photo", "{} image", "{} illustration",
+)
+
 PHRASES: tuple[str, ...] = ("a photo of a {concept}", "a picture of a {concept}", "an image with a {concept}",
                             "there is a {concept}", "a close-up photo of a {concept}", "a {concept} in the center")
 
@@ -39,10 +49,17 @@ class OTIConfig:
     phrases: tuple[str, ...] = PHRASES
     batch_size: int = 256
     seed: int = 0
+    #: > 0: return the exponential moving average of the tokens over the steps (SEARLE's code: 0.99)
+    ema: float = 0.0
+    #: templates (``{}`` = the pseudo word) sampled per image at every step instead of the image prompt
+    templates: tuple[str, ...] = ()
+    #: std of the initial tokens (0: the std of the token-embedding matrix; SEARLE's code: 0.02)
+    init_std: float = 0.0
 
     def to_dict(self) -> dict[str, Any]:
         d = asdict(self)
         d["phrases"] = list(self.phrases)
+        d["templates"] = list(self.templates)
         return d
 
 
@@ -110,7 +127,10 @@ class OTI:
         self.prompts = prompts
         self.reg = ConceptRegulariser(backbone, vocab, tuple(self.cfg.phrases))
         self.image_tokens = _tokens(backbone, [prompts.image_prompt(backbone.placeholder)])
-        self.init_std = float(backbone.token_embedding_weight().detach().float().std())
+        ph = f" {backbone.placeholder} "
+        self.template_tokens = _tokens(backbone, [t.format(ph) for t in self.cfg.templates]) if self.cfg.templates \
+            else None
+        self.init_std = self.cfg.init_std or float(backbone.token_embedding_weight().detach().float().std())
 
     def _image_tokens(self, n: int) -> dict[str, torch.Tensor]:
         return {k: v.expand(n, -1) for k, v in self.image_tokens.items()}
@@ -139,16 +159,22 @@ class OTI:
                 f = F.normalize(features[start:start + cfg.batch_size].float().to(self.backbone.device), dim=-1)
                 top = self.reg.top_concepts(f, cfg.top_k)
                 v = self.initial_tokens(len(f), gen).requires_grad_(True)
+                avg = v.detach().clone()
                 opt = torch.optim.AdamW([v], lr=cfg.lr, weight_decay=cfg.weight_decay)
                 img_tokens = self._image_tokens(len(f))
                 for _ in range(cfg.steps):
+                    if self.template_tokens is not None:  # one random template per image and step
+                        rows = torch.randint(len(cfg.templates), (len(f),), generator=gen).to(self.backbone.device)
+                        img_tokens = _select(self.template_tokens, rows)
                     txt = self.backbone.forward_texts_pseudo(img_tokens, v)
                     loss = cfg.lambda_cos * (1 - (txt * f).sum(-1)).mean()
                     if cfg.lambda_reg:
                         loss = loss + cfg.lambda_reg * self.reg.sampled_loss(v, top, gen)
                     (v.grad,) = torch.autograd.grad(loss, [v])
                     opt.step()
+                    if cfg.ema:
+                        avg.mul_(cfg.ema).add_(v.detach(), alpha=1 - cfg.ema)
                     bar.update(1)
-                out.append(v.detach().cpu())
+                out.append((avg if cfg.ema else v).detach().cpu())
         bar.close()
         return torch.cat(out) if out else torch.empty(0, self.backbone.token_dim)
