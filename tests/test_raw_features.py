@@ -95,10 +95,13 @@ def test_first_only_leaves_later_placeholders_alone(tiny_backbone):
     assert not torch.allclose(first, every, atol=1e-3)
 
 
-@pytest.mark.parametrize("spec", ["exact", "exact:fp16", "faiss:Flat"])
+@pytest.mark.parametrize("spec", ["exact", "exact:fp16", "faiss:Flat", "milvus:{tmp}/norms.db"])
 def test_index_keeps_raw_norms_and_reloads_them(spec, tiny_backbone, world_val, tmp_path):
     if spec.startswith("faiss"):
         pytest.importorskip("faiss")
+    if spec.startswith("milvus"):
+        pytest.importorskip("pymilvus")
+        spec = spec.format(tmp=tmp_path)
     bb = tiny_backbone
     gallery = world_val.gallery
     index = build_index(bb, gallery, tmp_path / "idx", spec, progress=False)
