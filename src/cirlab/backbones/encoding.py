@@ -21,8 +21,8 @@ the cache keeps the raw features) but
   identical images are encoded once. Features are committed batch by batch, so an
   interrupted run resumes where it stopped.
 
-The cache is one SQLite file shared by every command (``cirlab index``, ``eval``, ``demo``,
-the experiments and the service all encode galleries through ``build_index``):
+The cache is one SQLite file shared by every command (``cirlab index``, ``eval``, ``demo`` and
+the experiments encode galleries through ``build_index``; the service serves those indexes):
 ``$CIRLAB_FEATURE_CACHE`` if set (a file path, or ``off`` to disable it), else
 ``cache_root() / "features.sqlite"`` (``$CIRLAB_CACHE``, else ``$XDG_CACHE_HOME/cirlab``,
 else ``~/.cache/cirlab``). It also remembers the content hash of each file by (path, size,
