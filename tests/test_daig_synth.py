@@ -167,8 +167,12 @@ def test_daig_experiment_runs_on_a_miniature_world(tiny_backbone, tmp_path):
     rows = {s["setting"]: s for s in res["summary"]}
     assert rows["8-shot Combiner"]["seeds"] == 2 and rows["image only"]["seeds"] == 1
     assert any(k.startswith("100 % real (32 triplets)") for k in rows)
-    # the fitted generator is closer to the real images than the unadapted one
-    assert res["domain_gap"]["adapted-seed0"] < res["domain_gap"]["unadapted"]
+    # the fitted generator draws closer to the real images than the unadapted one, but the world's camera
+    # (texture, shading, tilt, occluders, clutter) is outside its style: the distance stays above zero
+    # (features of a random 16-d backbone are too coarse to show the difference; the pixels do)
+    for seed in ("seed0", "seed1"):
+        fit = res["styles"][seed]
+        assert 0.05 < fit["histogram_distance_after"] < fit["histogram_distance_before"]
     md = markdown(res)
     assert "| + FRA (full DAIG) | 2 |" in md and "±" in md and "cirlab experiment daig --out X" in md
     # every run is a loadable combiner checkpoint

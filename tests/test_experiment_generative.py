@@ -123,3 +123,27 @@ def test_unknown_trainer_is_an_error(small_world, tmp_path, capsys):
                "--trainers", "no-such-method", "--no-progress"])
     assert rc == 2
     assert "unknown zero-shot trainer(s) ['no-such-method']" in capsys.readouterr().err
+
+
+def test_oracles_are_labelled_and_kept_out_of_the_ranking():
+    from cirlab.experiments.generative import aggregate, markdown
+    from cirlab.methods.base import oracle_parts
+    from cirlab.methods.proxies.rewriters import WorldRuleRewriter
+
+    rewriter = WorldRuleRewriter().config()
+    nested = {"name": "ip-cir", "generator_config": {"name": "world-render", "oracle": "renderer",
+                                                     "rewriter": rewriter}, "rewriter_config": rewriter}
+    assert oracle_parts(nested) == ["renderer", rewriter["oracle"]]
+    assert oracle_parts({"name": "pic2word", "prompts": {"image": "a photo of $"}}) == []
+
+    def entry(r10: float, oracle: list[str]) -> dict:
+        groups = {"all": {"queries": 10, **{m: r10 for m in ("recall@1", "recall@5", "recall@10", "recall@50",
+                                                                "map@10")}}}
+        return {"trained": False, "specs": {}, "per_seed": {}, "oracle": oracle, "aggregate": aggregate({"-": groups})}
+
+    payload = {"backbone": "b", "test_split": "t", "queries": 10, "gallery": 5, "train_split": "tr", "seeds": [0],
+               "command": "c", "quick": False, "groups": {}, "failures": [],
+               "results": {"image": entry(30.0, []), "ip-cir": entry(90.0, ["renderer"]), "sum": entry(40.0, [])}}
+    md = markdown(payload)
+    assert "| ip-cir (oracle) |" in md
+    assert "oracles excluded): sum > image" in md and "- `ip-cir`: renderer" in md

@@ -1,6 +1,8 @@
 """``tiny``: a small CLIP-style backbone (ViT + text transformer) that trains on a CPU.
 
-Spec: ``tiny:world`` (the checkpoint shipped in ``cirlab/assets/tiny-world``),
+Spec: ``tiny:world`` (the checkpoint shipped in ``cirlab/assets/tiny-world``: full scene captions,
+mean-pooled text tower), ``tiny:alt`` (``cirlab/assets/tiny-alt``: the same image tower, locked, and a
+CLIP text tower trained on the world's alt-text; see docs/world.md),
 ``tiny:<dir>`` (a directory with ``config.json`` + ``model.safetensors``), or
 ``tiny:random`` (random weights with the default config; for tests).
 """
@@ -26,6 +28,7 @@ from .base import PLACEHOLDER, Backbone, finish, placeholder_mask
 
 ASSETS = Path(__file__).resolve().parent.parent / "assets"
 SPECIALS = ["[PAD]", "[BOS]", "[EOS]", "[UNK]", PLACEHOLDER]
+TEXT_ENCODERS = ("mean", "clip")
 _WORD = re.compile(r"[a-z0-9]+|\$|[^\sa-z0-9]")
 
 
@@ -78,6 +81,13 @@ class TinyConfig:
     vocab: list[str] = field(default_factory=lambda: list(SPECIALS))
     mean: tuple[float, float, float] = (0.5, 0.5, 0.5)
     std: tuple[float, float, float] = (0.25, 0.25, 0.25)
+    # text tower: "mean" pools every token without a mask (the first tiny checkpoints); "clip" is CLIP's
+    # text encoder: causal attention and the end-of-text token's state as the text feature
+    text_encoder: str = "mean"
+
+    def __post_init__(self) -> None:
+        if self.text_encoder not in TEXT_ENCODERS:
+            raise CirlabError(f"tiny config: text_encoder {self.text_encoder!r}; known: {', '.join(TEXT_ENCODERS)}")
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -120,6 +130,7 @@ class TinyVision(nn.Module):
 class TinyText(nn.Module):
     def __init__(self, c: TinyConfig) -> None:
         super().__init__()
+        self.clip = c.text_encoder == "clip"
         self.embed = nn.Embedding(len(c.vocab), c.text_width)
         self.pos = nn.Parameter(torch.randn(1, c.context, c.text_width) * 0.02)
         self.blocks = _blocks(c.text_width, c.text_depth, c.text_heads)
@@ -128,6 +139,12 @@ class TinyText(nn.Module):
 
     def forward_embeds(self, x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
         x = x + self.pos[:, : x.shape[1]]
+        if self.clip:
+            n = x.shape[1]
+            causal = torch.triu(torch.full((n, n), float("-inf"), device=x.device), diagonal=1)
+            x = self.ln(self.blocks(x, mask=causal))  # a token sees only earlier ones: padding after EOS is never seen
+            eot = mask.long().sum(1).clamp_min(1) - 1  # the end-of-text token is the last real one
+            return self.proj(x[torch.arange(len(x), device=x.device), eot])
         x = self.ln(self.blocks(x, src_key_padding_mask=~mask))
         m = mask.unsqueeze(-1).to(x.dtype)
         pooled = (x * m).sum(1) / m.sum(1).clamp_min(1)
@@ -214,7 +231,7 @@ class TinyBackbone(Backbone):
         return model
 
 
-SHIPPED = {"world": ASSETS / "tiny-world"}
+SHIPPED = {"world": ASSETS / "tiny-world", "alt": ASSETS / "tiny-alt"}
 
 
 @BACKBONES.register("tiny")

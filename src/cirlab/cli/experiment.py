@@ -1,10 +1,12 @@
-"""``cirlab experiment zeroshot``: train Pic2Word, SEARLE and LinCIR on the world, compare zero-shot.
+"""``cirlab experiment zeroshot`` and ``calibrate``: Pic2Word, SEARLE and LinCIR on the world.
 
 Each method trains on the world's *train* gallery (images or captions; never its
 triplets), then every method and the baselines are evaluated on the *test* split
 with ``evaluate_methods``. Writes ``results.json`` + ``results.md`` to ``--out``
 and, with ``--report PREFIX``, the same as ``PREFIX.json`` / ``PREFIX.md``.
-The experiment itself lives in ``cirlab.experiments.zeroshot``.
+The experiment itself lives in ``cirlab.experiments.zeroshot``. ``calibrate`` evaluates the same
+methods and the baselines on val and test beside the published ordering
+(``cirlab.experiments.calibrate``).
 """
 from __future__ import annotations
 
@@ -34,19 +36,42 @@ def register(sub: argparse._SubParsersAction) -> None:
     z.add_argument("--threads", type=int, default=None, help="torch CPU threads (small models: 1 is often fastest)")
     z.add_argument("--report", type=Path, default=None, help="also write PREFIX.json and PREFIX.md (e.g. docs/...)")
     z.set_defaults(func=run_zeroshot)
+    from ..experiments import calibrate
+
+    c = experiment_subparsers(sub).add_parser(
+        "calibrate", help="baselines + pic2word/searle/lincir on world val and test beside the published ordering",
+        description=calibrate.__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    for action in z._actions:  # the same training and world options as zeroshot
+        if action.dest not in ("help", "query_oti_steps"):
+            c._add_action(action)
+    c.set_defaults(func=run_calibrate)
 
 
 FLAGS = ("world", "small", "backbone", "prompts", "steps", "batch_size", "max_images", "oti_images", "oti_steps",
          "query_oti_steps", "seed")
 
 
-def command_line(args: argparse.Namespace) -> str:
-    parts = ["cirlab", "experiment", "zeroshot", "--out", str(args.out)]
+def command_line(args: argparse.Namespace, name: str = "zeroshot") -> str:
+    parts = ["cirlab", "experiment", name, "--out", str(args.out)]
     for flag in (*FLAGS, "threads", "report"):
-        v = getattr(args, flag)
+        v = getattr(args, flag, None)
         if v is not None:
             parts += [f"--{flag.replace('_', '-')}", str(v)]
     return shlex.join(parts)
+
+
+def run_calibrate(args: argparse.Namespace) -> int:
+    from ..experiments import write_results
+    from ..experiments.calibrate import CalibrateConfig, markdown, run_calibrate as run
+    from .common import set_threads
+
+    set_threads(args.threads)
+    cfg = CalibrateConfig(out=args.out, **{f: getattr(args, f) for f in FLAGS if f != "query_oti_steps"})
+    payload = run(cfg, command_line(args, "calibrate"))
+    md = markdown(payload)
+    write_results(payload, md, args.out, args.report)
+    print(md)
+    return 0
 
 
 def run_zeroshot(args: argparse.Namespace) -> int:

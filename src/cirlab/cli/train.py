@@ -35,6 +35,18 @@ def register(sub: argparse._SubParsersAction) -> None:
     b.add_argument("--embed-dim", type=int, default=128)
     b.add_argument("--seed", type=int, default=0)
     b.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's choice)")
+    b.add_argument("--captions", choices=("world", "alttext"), default="world",
+                   help="world: the gallery's full captions; alttext: web-like partial alt-text from each scene")
+    b.add_argument("--alt-per-image", type=int, default=8, help="alttext captions per image")
+    b.add_argument("--text-encoder", choices=("mean", "clip"), default="mean",
+                   help="mean: mean-pooled tokens; clip: causal attention, end-of-text pooling")
+    b.add_argument("--warmup-steps", type=int, default=100)
+    b.add_argument("--init-vision", default=None, help="tiny backbone spec whose image tower starts this one "
+                                                       "(e.g. tiny:world)")
+    b.add_argument("--image-cache", default=None, help="with --lock-image: a safetensors file that keeps the locked "
+                                                       "image features between runs")
+    b.add_argument("--lock-image", action="store_true", help="keep that image tower frozen, train the text tower "
+                                                             "only (LiT)")
     b.set_defaults(func=run_backbone)
     for module, function in TRAIN_MODULES:
         getattr(importlib.import_module(f"{__package__}.{module}"), function)(tsub)
@@ -46,7 +58,10 @@ def run_backbone(args: argparse.Namespace) -> int:
                               eval_data=str(args.eval_data) if args.eval_data else None, epochs=args.epochs,
                               max_steps=args.max_steps, batch_size=args.batch_size, lr=args.lr, width=args.width,
                               depth=args.depth, text_depth=args.text_depth, embed_dim=args.embed_dim, seed=args.seed,
-                              threads=args.threads)
+                              threads=args.threads, captions=args.captions, alt_per_image=args.alt_per_image,
+                              text_encoder=args.text_encoder, warmup_steps=args.warmup_steps,
+                              init_vision=args.init_vision, lock_image=args.lock_image,
+                              image_cache=args.image_cache)
     summary = train_backbone(cfg)
     print(json.dumps({"out": str(args.out), "steps": summary["steps"], "seconds": summary["seconds"],
                       "eval": summary.get("eval")}, indent=1))

@@ -178,6 +178,7 @@ def run_generative(cfg: GenerativeConfig, command: str = "") -> dict[str, Any]:
     from ..data import load_dataset
     from ..eval.evaluate import evaluate_methods
     from ..methods import create_method
+    from ..methods.base import oracle_parts
     from ..train.zeroshot import ZEROSHOT_TRAINERS, ZeroShotContext
 
     t_start = time.time()
@@ -251,7 +252,8 @@ def run_generative(cfg: GenerativeConfig, command: str = "") -> dict[str, Any]:
         tag = f"seed-{seed}" if seed is not None else "untrained"
         rpath = rank_dir / tag / f"{name.replace(':', '_').replace('/', '_')}.json"
         atomic_write_text(rpath, json.dumps(res.rankings))
-        entry = results.setdefault(name, {"trained": seed is not None, "specs": {}, "per_seed": {}})
+        entry = results.setdefault(name, {"trained": seed is not None, "specs": {}, "per_seed": {},
+                                          "oracle": oracle_parts(res.config)})
         key = str(seed if seed is not None else "-")
         entry["specs"][key] = spec
         entry["per_seed"][key] = {"evaluate": {"metrics": res.metrics, "per_kind": res.per_kind},
@@ -295,7 +297,16 @@ def markdown(payload: dict[str, Any]) -> str:
         for name, r in res.items():
             a = r["aggregate"].get(g)
             if a:
-                out.append(_row([name, str(a[METRICS[0]]["n"]), *(_cell(a[m]) for m in METRICS)]))
+                label = f"{name} (oracle)" if r.get("oracle") else name
+                out.append(_row([label, str(a[METRICS[0]]["n"]), *(_cell(a[m]) for m in METRICS)]))
+        out.append("")
+    ranked = sorted((n for n, r in res.items() if not r.get("oracle") and "all" in r["aggregate"]),
+                    key=lambda n: -res[n]["aggregate"]["all"]["recall@10"]["mean"])
+    out += ["Ranking by overall recall@10 (oracles excluded): " + " > ".join(ranked), ""]
+    oracles = {n: r["oracle"] for n, r in res.items() if r.get("oracle")}
+    if oracles:
+        out += ["**Oracles** (upper bounds, not methods: they read the answer from the world's generator):", ""]
+        out += [f"- `{n}`: " + "; ".join(why) for n, why in oracles.items()]
         out.append("")
     if payload["failures"]:
         out += ["**Failures** (not in the tables above):", ""]

@@ -52,25 +52,34 @@ def ensure_world(world: Path, seed: int, small: int | None, splits: Sequence[str
     return world
 
 
-def run_zeroshot(cfg: ZeroShotConfig, command: str = "") -> dict[str, Any]:
-    from ..backbones import create_backbone
-    from ..data import load_dataset
-    from ..eval.evaluate import evaluate_methods
+def train_textual_inversion(cfg: ZeroShotConfig, backbone: Any, world: Path, out: Path
+                            ) -> tuple[list[str], dict[str, Any]]:
+    """Train Pic2Word, SEARLE and LinCIR on ``world/train`` into ``out/NAME``: (method specs, training logs)."""
     from ..methods.textual_inversion.oti import OTIConfig
     from ..train.textual_inversion import MethodTrainConfig, TrainingData, train_method
 
-    world = ensure_world(cfg.world or cfg.out / "world", cfg.seed, cfg.small)
-    backbone = create_backbone(cfg.backbone)
     data = TrainingData(world / "train", cfg.max_images)
     training: dict[str, Any] = {}
-    specs = list(BASELINES)
+    specs = []
     for name in TRAINED:
         mcfg = MethodTrainConfig(method=name, steps=cfg.steps, batch_size=cfg.batch_size, prompts=cfg.prompts,
                                  oti_images=cfg.oti_images, oti=OTIConfig(steps=cfg.oti_steps, seed=cfg.seed),
                                  seed=cfg.seed)
-        ck = train_method(backbone, data, mcfg, cfg.out / name)
+        ck = train_method(backbone, data, mcfg, out / name)
         training[name] = {k: v for k, v in ck.training.items() if k != "config"}
-        specs.append(f"{name}:{cfg.out / name}")
+        specs.append(f"{name}:{out / name}")
+    return specs, training
+
+
+def run_zeroshot(cfg: ZeroShotConfig, command: str = "") -> dict[str, Any]:
+    from ..backbones import create_backbone
+    from ..data import load_dataset
+    from ..eval.evaluate import evaluate_methods
+
+    world = ensure_world(cfg.world or cfg.out / "world", cfg.seed, cfg.small)
+    backbone = create_backbone(cfg.backbone)
+    trained, training = train_textual_inversion(cfg, backbone, world, cfg.out)
+    specs = list(BASELINES) + trained
     if cfg.query_oti_steps:
         specs.append(f"searle-oti:{cfg.query_oti_steps}")
     test = load_dataset(world / "test")
@@ -102,4 +111,5 @@ def markdown(payload: dict[str, Any]) -> str:
     return "\n".join(out)
 
 
-__all__ = ["BASELINES", "OVERALL", "TRAINED", "ZeroShotConfig", "ensure_world", "markdown", "run_zeroshot"]
+__all__ = ["BASELINES", "OVERALL", "TRAINED", "ZeroShotConfig", "ensure_world", "markdown", "run_zeroshot",
+           "train_textual_inversion"]

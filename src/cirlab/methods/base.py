@@ -51,6 +51,23 @@ class QueryBatch:
         return self.reference_features * self.reference_norms.to(self.reference_features).unsqueeze(-1)
 
 
+def oracle_parts(config: Any) -> list[str]:
+    """Why a method (its ``config()``) is an oracle: every ``"oracle"`` reason of any of its components.
+
+    A component that reads the answer from the world's generator (its grammar, its renderer, the gallery's
+    own captions) says so in its config; results that have one are upper bounds, kept out of rankings."""
+    out: list[str] = []
+    if isinstance(config, dict):
+        if isinstance(config.get("oracle"), str):
+            out.append(config["oracle"])
+        for v in config.values():
+            out += [r for r in oracle_parts(v) if r not in out]
+    elif isinstance(config, (list, tuple)):
+        for v in config:
+            out += [r for r in oracle_parts(v) if r not in out]
+    return out
+
+
 class Method(nn.Module):
     """Base class: subclasses implement ``compose``; ``rescore`` defaults to keeping the index's scores."""
 

@@ -25,6 +25,7 @@ from typing import Any, Callable, Sequence
 
 from ..errors import CirlabError
 from ..world.edits import EDIT_KINDS, make_edit
+from ..world.phrasing import REGISTERS, phrase
 from ..world.scene import caption, random_scene
 from .schema import schema_errors
 from .triplets import RESPONSE_SCHEMA, TextTriplet
@@ -43,8 +44,14 @@ class TemplateSet:
     min_objects: int = 1
     max_objects: int = 5
     banned: list[tuple[str, str]] = field(default_factory=list)   # (colour, shape) never produced
+    # modification-text registers (world.phrasing) and their weights; a scripter uses only the
+    # phrasings a template writer has (never the human-only ones of the world's splits)
+    registers: dict[str, float] = field(default_factory=lambda: {r: 1.0 for r in REGISTERS})
 
     def __post_init__(self) -> None:
+        bad_r = [r for r in self.registers if r not in REGISTERS]
+        if bad_r or not any(w > 0 for w in self.registers.values()):
+            raise CirlabError(f"template set: registers {self.registers}: need positive weights of {REGISTERS}")
         bad = [k for k in self.kinds if k not in EDIT_KINDS]
         if bad:
             raise CirlabError(f"template set: unknown edit kind(s) {bad}; known: {', '.join(EDIT_KINDS)}")
@@ -67,6 +74,8 @@ class TemplateScripter:
         banned = frozenset(tuple(x) for x in ts.banned)
         kinds = [k for k, w in ts.kinds.items() if w > 0]
         weights = [ts.kinds[k] for k in kinds]
+        registers = [r for r in REGISTERS if ts.registers.get(r, 0) > 0]
+        reg_weights = [ts.registers[r] for r in registers]
         out: list[TextTriplet] = []
         seen: set[tuple[str, str, str]] = set()
         tries = 0
@@ -79,8 +88,10 @@ class TemplateScripter:
             res = make_edit(ref, kind, rng, banned)
             if res is None:
                 continue
-            t = TextTriplet.from_json({"reference": caption(ref), "modification": res.text,
-                                       "target": caption(res.target), "meta": {"kind": kind}})
+            register = rng.choices(registers, reg_weights)[0]
+            words = phrase(ref, res.target, res.ops, res.text, register, rng, human=False)
+            t = TextTriplet.from_json({"reference": caption(ref), "modification": words.text,
+                                       "target": caption(res.target), "meta": {"kind": kind, "register": register}})
             if t.key not in seen:
                 seen.add(t.key)
                 out.append(t)
@@ -241,3 +252,33 @@ class LLMScripter:
 
 
 __all__ = ["LLMConfig", "LLMError", "LLMScripter", "ScriptStats", "TemplateScripter", "TemplateSet"]
+
+
+# ---- the synthetic-to-human text gap -------------------------------------------------------------
+
+def _frame(text: str) -> list[str]:
+    """A text's words with the object vocabulary (colours, shapes, sizes, places, numbers) abstracted."""
+    from ..world.phrasing import NUMBERS
+    from ..world.scene import CELLS, COLOURS, SHAPES, SIZES
+
+    slots = {**{c: "<colour>" for c in COLOURS}, **{s: "<shape>" for s in SHAPES}, **{s: "<size>" for s in SIZES},
+             **{w: "<place>" for c in CELLS for w in c.split()}, **{n: "<number>" for n in NUMBERS if n != "no"}}
+    return [slots.get(w, w) for w in re.findall(r"[a-z0-9]+|[^\sa-z0-9]", text.lower())]
+
+
+def text_gap(human: Sequence[str], synthetic: Sequence[str]) -> dict[str, float]:
+    """How much of the human phrasing a synthetic text set cannot produce (object words abstracted).
+
+    ``unseen_phrasing``: share of human texts whose abstracted form no synthetic text has;
+    ``unseen_trigram``: share with a word trigram no synthetic text has; ``unseen_word``: share with a
+    word no synthetic text uses."""
+    syn_frames = {tuple(_frame(t)) for t in synthetic}
+    syn_tri = {tuple(f[i:i + 3]) for f in syn_frames for i in range(max(1, len(f) - 2))}
+    syn_words = {w for f in syn_frames for w in f}
+    frames = [_frame(t) for t in human]
+    n = max(1, len(frames))
+    return {"human_texts": len(frames), "synthetic_texts": len(synthetic),
+            "unseen_phrasing": round(100.0 * sum(tuple(f) not in syn_frames for f in frames) / n, 2),
+            "unseen_trigram": round(100.0 * sum(any(tuple(f[i:i + 3]) not in syn_tri for i in range(max(1, len(f) - 2)))
+                                                for f in frames) / n, 2),
+            "unseen_word": round(100.0 * sum(any(w not in syn_words for w in f) for f in frames) / n, 2)}

@@ -11,11 +11,13 @@ scale, noise, blur). The default generator style ``UNADAPTED`` differs from the
 descriptions (32-shot), it fits the generator's style to them by analysis by
 synthesis, as CIR-LoRA fits a text-to-image model to the target domain from the same
 few samples: the background is the median colour of the image corners, the noise level
-the median spread there, palette shift, object scale and blur minimise the distance
+the median spread there (both kept only when they bring the renders closer than the
+initial style), palette shift, object scale, blur and noise minimise the distance
 between colour histograms of the real images and renders of their descriptions
 (coordinate descent over a grid; histograms ignore where objects are), and jitter
 comes from how far object centres in one-object real images sit from where a
-jitter-free render puts them.
+jitter-free render puts them. The world's camera (``scene.Effects``: texture, shading,
+tilt, occluders, clutter) is outside the style, so the fitted distance stays above zero.
 """
 from __future__ import annotations
 
@@ -166,9 +168,15 @@ def fit_style(images: Sequence[Image.Image], descriptions: Sequence[str], init: 
 
     before = distance(replace(init, jitter=0.0))
     grids: dict[str, list[Any]] = {"scale": [round(0.5 + 0.05 * i, 2) for i in range(21)],
-                                   "blur": [round(0.25 * i, 2) for i in range(11)]}
+                                   "blur": [round(0.25 * i, 2) for i in range(11)],
+                                   "noise": [0.0, 2.0, 4.0, 6.0, 8.0, 12.0]}
     shift_grid = list(range(-80, 81, 8))
-    best = distance(style)
+    # the corner estimates can mislead (shading or clutter read as noise): start from the best of them,
+    # the corner background without noise, and the initial style
+    starts = [style, replace(style, noise=0.0), replace(init, jitter=0.0)]
+    scored = [(distance(st), n) for n, st in enumerate(starts)]
+    best, pick = min(scored)
+    style = starts[pick]
     for _ in range(sweeps):
         for c in range(3):
             for v in shift_grid:

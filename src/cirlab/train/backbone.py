@@ -1,8 +1,20 @@
 """Contrastive (CLIP-style) training of the ``tiny`` backbone on image-caption pairs.
 
-Reads any dataset directory in the cirlab format whose ``gallery.jsonl`` has
-captions (the world writes several per image under ``meta.captions``); the
-triplets are never used as supervision, only their words join the vocabulary.
+Captions (``captions``):
+
+- ``world``: the gallery's captions (the world writes several full descriptions per image
+  under ``meta.captions``); the words of the triplet texts join the vocabulary (not the
+  supervision). This is how ``tiny:world`` was trained.
+- ``alttext``: web-like alt-text drawn from each image's scene (``cirlab.world.alttext``:
+  partial, counts, relations, chatter, noise); the vocabulary is the corpus's own, and the
+  triplets are read only to report which of their words the corpus missed.
+
+``text_encoder`` (``mean`` or ``clip``) picks the text tower (see ``TinyConfig``).
+
+``init_vision`` starts the image tower (and the temperature) from another tiny checkpoint of
+the same vision shape; with ``lock_image`` it stays frozen and only the text tower learns, as in
+LiT (locked-image text tuning): the image features are computed once, so a step costs a text
+forward and backward only.
 """
 from __future__ import annotations
 
@@ -46,6 +58,63 @@ class BackboneTrainConfig:
     embed_dim: int = 128
     image_size: int = 64
     patch_size: int = 8
+    captions: str = "world"        # "world" or "alttext"
+    alt_per_image: int = 8         # alttext captions drawn per image
+    text_encoder: str = "mean"     # "mean" or "clip"
+    init_vision: str | None = None # a tiny backbone spec whose image tower starts this one
+    lock_image: bool = False       # keep that image tower frozen (LiT)
+    image_cache: str | None = None # lock_image: keep the locked image features in this safetensors file
+
+
+def _alt_captions(root: Path, per_image: int, seed: int) -> tuple[list[str], list[list[str]], list[Path]]:
+    from ..world.alttext import alt_corpus
+    from ..world.scene import Scene
+
+    gal = read_gallery(root)
+    scenes = []
+    for image_id, m in zip(gal.ids, gal.meta):
+        if "objects" not in (m or {}):
+            raise DatasetError(f"{root}/gallery.jsonl: image {image_id!r} has no meta.objects (alttext needs the "
+                               f"world's scenes)")
+        scenes.append(Scene.from_list(m["objects"]))
+    return gal.ids, alt_corpus(scenes, seed, per_image), gal.paths
+
+
+def _query_words(root: Path) -> set[str]:
+    """Every word of the split's query texts (all registers), to check the vocabulary covers them."""
+    words: set[str] = set()
+    trip = root / "triplets.jsonl"
+    if trip.is_file():
+        for _, obj in iter_jsonl(trip):
+            texts = [obj.get("caption", "")] + list(((obj.get("meta") or {}).get("texts") or {}).values())
+            for t in texts:
+                words |= set(WordTokenizer.words(t))
+    return words
+
+
+def _locked_features(model: TinyBackbone, pixels: torch.Tensor, paths: list[Path], cfg: BackboneTrainConfig,
+                     progress: bool) -> torch.Tensor:
+    """The frozen image tower's features of every training image (read from / written to ``cfg.image_cache``)."""
+    import hashlib
+
+    from safetensors.torch import load_file, save_file
+
+    key = hashlib.sha256(json.dumps([cfg.init_vision, [str(p) for p in paths]]).encode()).hexdigest()[:16]
+    cache = Path(cfg.image_cache) if cfg.image_cache else None
+    if cache is not None and cache.is_file():
+        stored = load_file(str(cache))
+        if f"features-{key}" in stored:
+            return stored[f"features-{key}"]
+    with torch.no_grad():
+        feats = torch.cat([model.forward_images(_normalise(model, pixels[i:i + 256]))
+                           for i in tqdm(range(0, len(pixels), 256), desc="encode locked images", unit="batch",
+                                         disable=not progress)])
+    if cache is not None:
+        cache.parent.mkdir(parents=True, exist_ok=True)
+        tmp = cache.with_name(cache.name + ".tmp")
+        save_file({f"features-{key}": feats.contiguous()}, str(tmp))
+        tmp.replace(cache)
+    return feats
 
 
 def _captions(root: Path) -> tuple[list[str], list[list[str]], list[Path]]:
@@ -88,6 +157,8 @@ def retrieval_eval(model: TinyBackbone, pixels: torch.Tensor, captions: list[str
         for k in (1, 5):
             out[f"{name}_recall@{k}"] = round(100.0 * float((ranks < k).float().mean()), 2)
     model.train()
+    if not any(p.requires_grad for p in model.visual.parameters()):
+        model.visual.eval()
     return out
 
 
@@ -98,17 +169,44 @@ def train_backbone(cfg: BackboneTrainConfig, progress: bool = True) -> dict[str,
     torch.manual_seed(cfg.seed)
     rng = random.Random(cfg.seed)
     root = Path(cfg.data)
-    _, caps, paths = _captions(root)
-    vocab_texts = [c for options in caps for c in options]
-    trip = root / "triplets.jsonl"
-    if trip.is_file():  # words of the modification texts join the vocabulary (not the supervision)
-        vocab_texts += [obj.get("caption", "") for _, obj in iter_jsonl(trip)]
+    if cfg.captions == "alttext":
+        _, caps, paths = _alt_captions(root, cfg.alt_per_image, cfg.seed)
+        vocab_texts = [c for options in caps for c in options]
+    elif cfg.captions == "world":
+        _, caps, paths = _captions(root)
+        vocab_texts = [c for options in caps for c in options]
+        trip = root / "triplets.jsonl"
+        if trip.is_file():  # words of the modification texts join the vocabulary (not the supervision)
+            vocab_texts += [obj.get("caption", "") for _, obj in iter_jsonl(trip)]
+    else:
+        raise DatasetError(f"captions {cfg.captions!r}: expected 'world' or 'alttext'")
+    vocab = WordTokenizer.build_vocab(vocab_texts)
+    missing = sorted(_query_words(root) - set(vocab))
     model_cfg = TinyConfig(image_size=cfg.image_size, patch_size=cfg.patch_size, vision_width=cfg.width,
                            vision_depth=cfg.depth, text_width=cfg.width, text_depth=cfg.text_depth,
-                           embed_dim=cfg.embed_dim, vocab=WordTokenizer.build_vocab(vocab_texts))
+                           embed_dim=cfg.embed_dim, vocab=vocab, text_encoder=cfg.text_encoder)
     model = TinyBackbone(model_cfg)
+    if cfg.init_vision:
+        from ..backbones import create_backbone
+
+        src = create_backbone(cfg.init_vision)
+        if not isinstance(src, TinyBackbone):
+            raise DatasetError(f"init_vision {cfg.init_vision!r}: not a tiny backbone")
+        try:
+            model.visual.load_state_dict(src.visual.state_dict())
+        except RuntimeError as e:
+            raise DatasetError(f"init_vision {cfg.init_vision!r}: image tower of another shape ({e})") from None
+        model.logit_scale.data.copy_(src.logit_scale.data)
+    if cfg.lock_image and not cfg.init_vision:
+        raise DatasetError("lock_image needs init_vision (a trained image tower to lock)")
     model.train()
     pixels = _load_pixels(paths, cfg.image_size, progress)
+    locked = None
+    if cfg.lock_image:
+        for p in model.visual.parameters():
+            p.requires_grad_(False)
+        model.visual.eval()
+        locked = _locked_features(model, pixels, paths, cfg, progress)
     eval_set = None
     if cfg.eval_data:
         _, ecaps, epaths = _captions(Path(cfg.eval_data))
@@ -117,8 +215,9 @@ def train_backbone(cfg: BackboneTrainConfig, progress: bool = True) -> dict[str,
 
     steps_per_epoch = max(1, len(paths) // cfg.batch_size)
     total = cfg.max_steps or steps_per_epoch * cfg.epochs
-    decay = [p for n, p in model.named_parameters() if p.ndim >= 2 and "embed" not in n and "pos" not in n]
-    no_decay = [p for n, p in model.named_parameters() if not (p.ndim >= 2 and "embed" not in n and "pos" not in n)]
+    trainable = [(n, p) for n, p in model.named_parameters() if p.requires_grad]
+    decay = [p for n, p in trainable if p.ndim >= 2 and "embed" not in n and "pos" not in n]
+    no_decay = [p for n, p in trainable if not (p.ndim >= 2 and "embed" not in n and "pos" not in n)]
     opt = torch.optim.AdamW([{"params": decay, "weight_decay": cfg.weight_decay},
                              {"params": no_decay, "weight_decay": 0.0}], lr=cfg.lr, betas=(0.9, 0.98))
 
@@ -141,9 +240,8 @@ def train_backbone(cfg: BackboneTrainConfig, progress: bool = True) -> dict[str,
             if step >= total:
                 break
             idx = order[start:start + cfg.batch_size]
-            x = _normalise(model, pixels[idx])
             texts = [rng.choice(caps[i]) for i in idx.tolist()]
-            img = model.forward_images(x)
+            img = locked[idx] if locked is not None else model.forward_images(_normalise(model, pixels[idx]))
             txt = model.forward_texts(model.tokenize(texts))
             scale = model.logit_scale.exp().clamp(max=100)
             logits = scale * img @ txt.T
@@ -153,7 +251,7 @@ def train_backbone(cfg: BackboneTrainConfig, progress: bool = True) -> dict[str,
                 g["lr"] = lr_at(step)
             opt.zero_grad(set_to_none=True)
             loss.backward()
-            torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+            torch.nn.utils.clip_grad_norm_([p for _, p in trainable], 1.0)
             opt.step()
             step += 1
             estimate.step()
@@ -168,7 +266,9 @@ def train_backbone(cfg: BackboneTrainConfig, progress: bool = True) -> dict[str,
                 if progress:
                     tqdm.write(json.dumps(entry), file=sys.stderr)
     bar.close()
-    summary = {"config": asdict(cfg), "steps": step, "seconds": round(time.time() - t0, 1), "log": log}
+    summary = {"config": asdict(cfg), "steps": step, "seconds": round(time.time() - t0, 1), "log": log,
+               "images": len(paths), "captions": sum(len(c) for c in caps), "vocabulary": len(vocab),
+               "query_words_missing": missing, "threads": torch.get_num_threads()}
     if eval_set is not None:
         summary["eval"] = retrieval_eval(model, *eval_set)
     model.spec = f"tiny:{cfg.out}"

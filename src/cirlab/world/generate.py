@@ -11,6 +11,12 @@ reference as the target is, so the image alone cannot single the target out); un
 (CIRCO-style) list every valid target present in the gallery. Some (colour, shape)
 combinations are held out of the train split entirely; test queries whose target
 contains one are marked ``meta.heldout``.
+
+Texts: every query is worded in the three registers of ``phrasing`` (``meta.texts``); its
+caption is the one of ``meta.register``, drawn with ``registers`` weights. Images: the splits are
+drawn through the world's camera (``effects``, see ``scene.Effects``), which no generator
+``Style`` reproduces. A config written before registers and effects existed (format 1) reads as
+``registers = {"procedural": 1}`` and no effects, and gives the same queries and texts as then.
 """
 from __future__ import annotations
 
@@ -27,12 +33,15 @@ from ..data.jsonl import write_jsonl
 from ..fileutil import FIXED_MTIME_NS, LOCK_NAME, DirLock, atomic_write_text, seal
 from ..errors import CirlabError
 from .edits import EDIT_KINDS, SINGLE_EDITS, EditResult, make_edit, one_attribute_away
-from .scene import DEFAULT_STYLE, Scene, Style, caption, random_scene, render
+from .phrasing import REGISTERS, phrase
+from .scene import DEFAULT_STYLE, NO_EFFECTS, REAL_EFFECTS, Effects, Scene, Style, caption, random_scene, render
 
 SPLITS = ("train", "val", "test")
 SINGLE_KINDS = tuple(SINGLE_EDITS)
 SPLIT_SALT = {"train": 1, "val": 2, "test": 3}
-WORLD_FORMAT = 1
+WORLD_FORMAT = 2  # 2: registers and camera effects
+#: what a config written before a field existed meant by it (old worlds stay readable)
+LEGACY = {"registers": {"procedural": 1.0}, "effects": NO_EFFECTS.to_dict()}
 MIN_RESOLUTION = 8
 #: written when a split starts, removed when its dataset.json lands: an interrupted split resumes only
 #: with the settings it was started with
@@ -55,8 +64,22 @@ class WorldConfig:
     kind_weights: dict[str, float] = field(default_factory=lambda: {
         "add": 1, "remove": 1, "colour": 1, "shape": 1, "size": 1, "move": 1, "two edits": 1.5})
     captions_per_image: int = 3
+    registers: dict[str, float] = field(default_factory=lambda: {"procedural": 1.0, "describing": 1.0,
+                                                                  "casual": 1.0})
+    effects: dict[str, float] = field(default_factory=REAL_EFFECTS.to_dict)
+
+    @property
+    def camera(self) -> Effects:
+        return Effects(**self.effects)
 
     def __post_init__(self) -> None:
+        if not isinstance(self.registers, dict) or any(r not in REGISTERS for r in self.registers) or \
+                not any(isinstance(w, (int, float)) and w > 0 for w in self.registers.values()):
+            raise CirlabError(f"world config: registers {self.registers!r}: weights of {', '.join(REGISTERS)}, "
+                              f"at least one positive")
+        if not isinstance(self.effects, dict) or set(self.effects) - set(Effects.__dataclass_fields__):
+            raise CirlabError(f"world config: effects {self.effects!r}: known effects are "
+                              f"{', '.join(Effects.__dataclass_fields__)}")
         if isinstance(self.resolution, bool) or not isinstance(self.resolution, int) or self.resolution < MIN_RESOLUTION:
             raise CirlabError(f"world config: resolution must be an integer of at least {MIN_RESOLUTION} pixels, "
                               f"got {self.resolution!r}")
@@ -77,7 +100,7 @@ class WorldConfig:
         unknown = sorted(set(d) - {f.name for f in fields(WorldConfig)})
         if unknown:
             raise CirlabError(f"world config: unknown field(s) {unknown}")
-        d = dict(d)
+        d = {**LEGACY, **d}
         try:
             d["heldout"] = [tuple(x) for x in d.get("heldout", [])]
         except TypeError:
@@ -92,7 +115,8 @@ class WorldConfig:
                            extra_gallery={"train": queries, "val": queries // 4, "test": queries // 4},
                            underspecified=self.underspecified, max_alternatives=self.max_alternatives,
                            heldout=list(self.heldout), kind_weights=dict(self.kind_weights),
-                           captions_per_image=self.captions_per_image)
+                           captions_per_image=self.captions_per_image, registers=dict(self.registers),
+                           effects=dict(self.effects))
 
 
 class _GalleryBuilder:
@@ -149,6 +173,7 @@ def generate_split(cfg: WorldConfig, split: str) -> tuple[dict[str, Scene], list
         queries.append((ref_id, res, kind))
     for _ in range(cfg.extra_gallery.get(split, 0)):
         gal.add(random_scene(rng, banned=banned))
+    registers = [r for r in REGISTERS if cfg.registers.get(r, 0) > 0]
     for qn, (ref_id, res, kind) in enumerate(queries):
         valid = [gal.find(s) for s in [res.target] + res.alternatives]
         targets = [t for t in valid if t is not None]
@@ -158,7 +183,17 @@ def generate_split(cfg: WorldConfig, split: str) -> tuple[dict[str, Scene], list
             "underspecified": res.underspecified,
             "heldout": bool(res.target.combos() & heldout),
         }
-        rows.append({"id": f"{split}-q{qn:05d}", "reference": ref_id, "caption": res.text, "targets": targets,
+        text = res.text
+        if registers != ["procedural"]:  # a separate random stream: the scenes do not depend on the wording
+            prng = random.Random(hash_seed(cfg.seed * 1000 + SPLIT_SALT[split], f"q{qn}"))
+            register = prng.choices(registers, [cfg.registers[r] for r in registers])[0]
+            ref = gal.scenes[ref_id]
+            words = {r: phrase(ref, res.target, res.ops, res.text, r, prng, human=True,
+                               underspecified=res.underspecified) for r in REGISTERS}
+            text = words[register].text
+            meta.update({"register": register, "texts": {r: w.text for r, w in words.items()},
+                         "phrasing": list(words[register].templates), "human_only": words[register].human_only})
+        rows.append({"id": f"{split}-q{qn:05d}", "reference": ref_id, "caption": text, "targets": targets,
                      "meta": meta})
     return gal.scenes, rows
 
@@ -176,12 +211,13 @@ def write_split(cfg: WorldConfig, split: str, out: Path, style: Style = DEFAULT_
     scenes, rows = generate_split(cfg, split)
     cap_rng = random.Random(cfg.seed * 7919 + SPLIT_SALT[split])
     gallery_rows = []
+    camera = cfg.camera
     for image_id, scene in tqdm(scenes.items(), desc=f"render {split}", unit="img", disable=not progress):
         path = img_dir / f"{image_id}.png"
         if not path.exists():
             tmp = path.with_name(path.stem + ".tmp.png")
-            render(scene, cfg.resolution, style, random.Random(hash_seed(cfg.seed, image_id))).save(
-                tmp, compress_level=1)
+            render(scene, cfg.resolution, style, random.Random(hash_seed(cfg.seed, image_id)), effects=camera,
+                   effects_rng=random.Random(hash_seed(cfg.seed + 7777, image_id))).save(tmp, compress_level=1)
             os.replace(tmp, path)
         caps = [caption(scene, cap_rng) for _ in range(cfg.captions_per_image)]
         gallery_rows.append({"id": image_id, "path": f"images/{image_id}.png", "caption": caption(scene),

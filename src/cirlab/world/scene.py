@@ -149,6 +149,36 @@ class Style:
 DEFAULT_STYLE = Style()
 
 
+@dataclass(frozen=True)
+class Effects:
+    """What the world's camera adds to a drawing, outside every ``Style`` parameter a generator has.
+
+    ``texture``: chance that an object is striped; ``shading``: strength of a light gradient across
+    the image (fraction of full brightness); ``perspective``: largest rotation/shear of the image
+    plane (radians); ``occlusion``: chance that a dark bar covers part of one object; ``clutter``:
+    most specks and strokes on the background. All zero (the default): a flat drawing.
+    """
+
+    texture: float = 0.0
+    shading: float = 0.0
+    perspective: float = 0.0
+    occlusion: float = 0.0
+    clutter: int = 0
+
+    def to_dict(self) -> dict:
+        return {k: getattr(self, k) for k in self.__dataclass_fields__}
+
+    @property
+    def any(self) -> bool:
+        return any(getattr(self, k) for k in self.__dataclass_fields__)
+
+
+NO_EFFECTS = Effects()
+#: the 'real' camera of the world's splits; no generator reproduces it (the real-vs-synthetic gap)
+REAL_EFFECTS = Effects(texture=0.4, shading=0.12, perspective=0.05, occlusion=0.15, clutter=5)
+OCCLUDER = (70, 58, 46)
+
+
 def _shape_points(shape: str, cx: float, cy: float, r: float) -> list[tuple[float, float]]:
     if shape == "triangle":
         return [(cx, cy - r), (cx + r * 0.95, cy + r * 0.8), (cx - r * 0.95, cy + r * 0.8)]
@@ -164,14 +194,92 @@ def _shape_points(shape: str, cx: float, cy: float, r: float) -> list[tuple[floa
     raise ValueError(shape)
 
 
+def _clutter(draw: ImageDraw.ImageDraw, s: int, n: int, background: tuple[int, int, int], rng: random.Random) -> None:
+    for _ in range(rng.randint(0, n)):
+        tone = tuple(max(0, c - rng.randint(25, 60)) for c in background)
+        x, y = rng.uniform(0, s), rng.uniform(0, s)
+        if rng.random() < 0.5:
+            r = rng.uniform(0.5, 1.5) * s / 96
+            draw.ellipse([x - r, y - r, x + r, y + r], fill=tone)
+        else:
+            a = rng.uniform(0, math.pi)
+            ln = rng.uniform(0.04, 0.12) * s
+            draw.line([x, y, x + ln * math.cos(a), y + ln * math.sin(a)], fill=tone, width=max(1, s // 96))
+
+
+def _stripes(img: Image.Image, o: "Obj", cx: float, cy: float, r: float, fill: tuple[int, int, int],
+             rng: random.Random) -> None:
+    """Stripe the object drawn at (cx, cy) with radius r, in a darker tone of its fill (its box only)."""
+    x0, y0 = int(max(0, cx - r - 1)), int(max(0, cy - r - 1))
+    x1, y1 = int(min(img.size[0], cx + r + 2)), int(min(img.size[1], cy + r + 2))
+    w, h = x1 - x0, y1 - y0
+    if w <= 2 or h <= 2:
+        return
+    mask = Image.new("L", (w, h), 0)
+    md = ImageDraw.Draw(mask)
+    lx, ly = cx - x0, cy - y0
+    if o.shape == "circle":
+        md.ellipse([lx - r, ly - r, lx + r, ly + r], fill=255)
+    elif o.shape == "square":
+        md.rectangle([lx - r * 0.85, ly - r * 0.85, lx + r * 0.85, ly + r * 0.85], fill=255)
+    else:
+        md.polygon(_shape_points(o.shape, lx, ly, r), fill=255)
+    stripes = Image.new("L", (w, h), 0)
+    sd = ImageDraw.Draw(stripes)
+    period = max(2, int(rng.uniform(0.035, 0.06) * img.size[0]))
+    width = max(1, int(period * 0.4))
+    if rng.random() < 0.5:
+        for k in range(-h, w + h, period):
+            sd.line([k, 0, k + h, h], fill=255, width=width)
+    else:
+        for k in range(0, h, period):
+            sd.line([0, k, w, k], fill=255, width=width)
+    from PIL import ImageChops
+
+    tone = tuple(int(c * 0.72) for c in fill)
+    region = img.crop((x0, y0, x1, y1))
+    region.paste(tone, mask=ImageChops.multiply(stripes, mask))
+    img.paste(region, (x0, y0))
+
+
+def _shade(img: Image.Image, strength: float, rng: random.Random) -> Image.Image:
+    import numpy as np
+
+    arr = np.asarray(img).astype(np.float32)
+    s = arr.shape[0]
+    a = rng.uniform(0, 2 * math.pi)
+    yy, xx = np.mgrid[0:s, 0:s].astype(np.float32) / max(1, s - 1) - 0.5
+    ramp = (xx * math.cos(a) + yy * math.sin(a)) * 2  # -1 .. 1 roughly
+    arr *= (1.0 - strength * 0.5 * (ramp + 1.0))[..., None]
+    return Image.fromarray(np.clip(arr, 0, 255).astype(np.uint8))
+
+
+def _tilt(img: Image.Image, amount: float, background: tuple[int, int, int], rng: random.Random) -> Image.Image:
+    s = img.size[0]
+    rot, shx, shy = (rng.uniform(-amount, amount) for _ in range(3))
+    c, si = math.cos(rot), math.sin(rot)
+    m = [c + shx, -si, 0.0, si, c + shy, 0.0]
+    m[2] = s / 2 - m[0] * s / 2 - m[1] * s / 2
+    m[5] = s / 2 - m[3] * s / 2 - m[4] * s / 2
+    return img.transform(img.size, Image.AFFINE, m, resample=Image.BILINEAR, fillcolor=background)
+
+
 def render(scene: Scene, resolution: int = 64, style: Style = DEFAULT_STYLE,
-           rng: random.Random | None = None, supersample: int = 3) -> Image.Image:
-    """Draw a scene. ``rng`` drives the style's random parts (jitter, noise)."""
+           rng: random.Random | None = None, supersample: int = 3, effects: Effects = NO_EFFECTS,
+           effects_rng: random.Random | None = None) -> Image.Image:
+    """Draw a scene. ``rng`` drives the style's random parts (jitter, noise); ``effects_rng`` the camera ``effects``."""
     s = resolution * supersample
     img = Image.new("RGB", (s, s), style.background)
     draw = ImageDraw.Draw(img)
     cell = s / GRID
-    for o in scene.objects:
+    if effects.any and effects_rng is None:
+        raise ValueError("render: effects need an effects_rng")
+    fx = effects_rng if effects.any else None
+    if fx is not None and effects.clutter:
+        _clutter(draw, s, effects.clutter, style.background, fx)
+    occluded = fx.randrange(len(scene.objects)) if fx is not None and scene.objects and \
+        fx.random() < effects.occlusion else -1
+    for n, o in enumerate(scene.objects):
         row, col = divmod(o.cell, GRID)
         cx, cy = (col + 0.5) * cell, (row + 0.5) * cell
         if style.jitter and rng is not None:
@@ -187,6 +295,17 @@ def render(scene: Scene, resolution: int = 64, style: Style = DEFAULT_STYLE,
             draw.rectangle([cx - q, cy - q, cx + q, cy + q], fill=fill, outline=outline)
         else:
             draw.polygon(_shape_points(o.shape, cx, cy, r), fill=fill, outline=outline)
+        if fx is not None and effects.texture and fx.random() < effects.texture:
+            _stripes(img, o, cx, cy, r, fill, fx)
+        if n == occluded and fx is not None:
+            side = fx.choice((-1, 1))
+            w, h = r * fx.uniform(0.5, 0.9), r * fx.uniform(0.25, 0.4)
+            ox, oy = cx + side * r * 0.75, cy + fx.uniform(-0.5, 0.5) * r
+            draw.rectangle([ox - w / 2, oy - h / 2, ox + w / 2, oy + h / 2], fill=OCCLUDER)
+    if fx is not None and effects.perspective:
+        img = _tilt(img, effects.perspective, style.background, fx)
+    if fx is not None and effects.shading:
+        img = _shade(img, effects.shading, fx)
     img = img.resize((resolution, resolution), Image.BOX)
     if style.blur:
         img = img.filter(ImageFilter.GaussianBlur(style.blur))
@@ -203,5 +322,5 @@ def with_style(style: Style, **changes) -> Style:
     return replace(style, **changes)
 
 
-__all__ = ["CELLS", "COLOURS", "DEFAULT_STYLE", "GRID", "MAX_OBJECTS", "Obj", "SHAPES", "SIZES", "Scene", "Style",
+__all__ = ["CELLS", "COLOURS", "DEFAULT_STYLE", "Effects", "NO_EFFECTS", "REAL_EFFECTS", "GRID", "MAX_OBJECTS", "Obj", "SHAPES", "SIZES", "Scene", "Style",
            "caption", "describe_object", "random_object", "random_scene", "render", "with_style"]

@@ -152,7 +152,8 @@ class OracleCaptioner:
         return [self.captions[i] for i in ids]
 
     def config(self) -> dict[str, Any]:
-        return {"name": "oracle", "upper_bound": True, "gallery": self.source}
+        return {"name": "oracle", "upper_bound": True, "gallery": self.source,
+                "oracle": "reads the evaluated gallery's own captions"}
 
 
 @CAPTIONERS.register("oracle", help="NOT A METHOD: the evaluated gallery's own reference captions (upper bound); "

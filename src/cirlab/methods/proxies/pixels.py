@@ -78,7 +78,9 @@ class WorldRenderGenerator:
         return [self.render_description(t, f"{n}:{t}") for n, t in enumerate(targets)]
 
     def config(self) -> dict[str, Any]:
-        return {"name": "world-render", "analog": True, "captioner": self.captioner.config(),
+        return {"name": "world-render", "analog": True,
+                "oracle": "draws the imagined target with the world's own renderer (the one that drew the gallery)",
+                "captioner": self.captioner.config(),
                 "rewriter": self.rewriter.config(), "style": self.style, "resolution": self.renderer.resolution}
 
 

@@ -170,7 +170,8 @@ class WorldRuleRewriter:
         return [self.rewrite_one(d, t) for d, t in zip(descriptions, texts)]
 
     def config(self) -> dict[str, Any]:
-        return {"name": "world", "analog": True}
+        return {"name": "world", "analog": True,
+                "oracle": "parses the edit grammar that generated the world's queries (procedural register)"}
 
 
 @REWRITERS.register("world", help="WORLD ANALOG of an LLM rewrite: applies the world's edit phrasings to the "
