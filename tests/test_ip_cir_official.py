@@ -25,6 +25,9 @@ def test_max_ratio_robust_feature_by_hand():
     two = official_robust_feature(torch.tensor([[0.6, 0.8], [1.0, 0.0]]), torch.tensor([[1.0, 0.0], [0.0, 0.5]]),
                                   torch.tensor([[0.5, -0.5], [0.25, 0.0]]))
     assert torch.allclose(two, torch.tensor([[0.6 + 1.0 + 1.0, 0.8 - 1.0], [1.0 + 0.5, 0.5]]))
+    # a zero perturbation (every rewrite encodes like its reference caption): the 0/0 term is dropped, no NaN
+    zero = official_robust_feature(f_src, f_aug, torch.zeros(1, 2))
+    assert torch.allclose(zero, torch.tensor([[1.25 * 0.6 + 1.0, 1.25 * 0.8]]))
 
 
 def test_official_options_are_checked():
@@ -64,7 +67,10 @@ def test_official_score_over_the_whole_gallery(small_world, tiny_backbone, tmp_p
     f_src = F.normalize(batch.reference_features, dim=-1)
     d = tiny_backbone.encode_texts(tgts) - tiny_backbone.encode_texts(refs)
     top = f_aug.max()
-    p = (top / f_src.max()) * f_src + (top / d.max()) * d + f_aug
+    # the captioner analog may miss the edited object, so every rewrite can equal its reference (d = 0);
+    # the script's 0/0 ratio is then dropped
+    d_term = (top / d.max()) * d if d.max() > 0 else 0 * d
+    p = (top / f_src.max()) * f_src + d_term + f_aug
     gallery = index.vectors(list(ds.gallery.ids))
     s_t = tiny_backbone.encode_texts(tgts) @ gallery.T
     s = w * s_t + (1 - w) * (p @ gallery.T) * s_t
@@ -117,7 +123,8 @@ def test_several_caption_sets_are_averaged(small_world, tiny_backbone):
     f_src = F.normalize(batch.reference_features, dim=-1)
     f_aug = m.proxy_feature(batch)
     top = f_aug.max()
-    want = (top / f_src.max()) * f_src + (top / d.max()) * d + f_aug
+    d_term = (top / d.max()) * d if d.max() > 0 else 0 * d     # d = 0 when every rewrite equals its reference
+    want = (top / f_src.max()) * f_src + d_term + f_aug
     assert torch.allclose(p, want, atol=1e-5), (p - want).abs().max()
     with pytest.raises(CirlabError, match="n_captions=0"):
         IPCIRConfig(generator="g", captioner="c", n_captions=0)

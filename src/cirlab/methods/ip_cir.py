@@ -98,9 +98,15 @@ WHOLE_GALLERY = 1 << 62
 def official_robust_feature(f_src: torch.Tensor, f_aug: torch.Tensor, d: torch.Tensor, s_w: float = 1.0,
                             t_w: float = 1.0, a_w: float = 1.0) -> torch.Tensor:
     """``s_w * (max f_aug / max f_src) * f_src + t_w * (max f_aug / max d) * d + a_w * f_aug`` (not normalised;
-    each max over the whole tensor), as the authors' retrieval script computes the robust proxy feature."""
+    each max over the whole tensor), as the authors' retrieval script computes the robust proxy feature.
+
+    Where ``d`` has no positive entry (every rewritten caption encodes like its reference caption, so the
+    perturbation is zero), the script's ratio is 0/0; the perturbation term is then dropped instead of
+    filling every score with NaN."""
     top = f_aug.max()
-    return s_w * (top / f_src.max()) * f_src + t_w * (top / d.max()) * d + a_w * f_aug
+    d_top = d.max()
+    d_term = (t_w * (top / d_top)) * d if bool(d_top > 0) else torch.zeros_like(d)
+    return s_w * (top / f_src.max()) * f_src + d_term + a_w * f_aug
 
 
 def balanced_similarity(text_scores: torch.Tensor, proxy_scores: torch.Tensor, lam: float) -> torch.Tensor:
