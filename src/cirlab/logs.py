@@ -51,7 +51,7 @@ def quiet_milvus_lite() -> None:
 
 
 def ray_logging_level() -> int:
-    """``ray.init(logging_level=...)``: Ray's INFO lines only when verbose."""
+    """The ``logging_level`` keyword for Ray's init: Ray's INFO lines only when verbose."""
     return logging.DEBUG if _verbose else logging.WARNING
 
 
