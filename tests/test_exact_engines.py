@@ -56,6 +56,9 @@ def test_auto_engine_uses_faiss_only_for_large_many_query_fp32_searches(monkeypa
     idx.add(ids, x)
     idx16.add(ids, x)
     assert idx.engine == "auto" and idx.engine_for(1000) == "torch" and idx.engine_for(1) == "torch"  # 500 rows
+    big = exact_mod.FAISS_MIN_ROWS_MANY  # the shipped rule: few queries stay with torch however many rows
+    assert exact_mod.FAISS_MAX_FEW < 1 and exact_mod.FAISS_MIN_ROWS <= big
+    monkeypatch.setattr(exact_mod, "FAISS_MAX_FEW", 8)
     monkeypatch.setattr(exact_mod, "FAISS_MIN_ROWS", 400)
     monkeypatch.setattr(exact_mod, "FAISS_MIN_ROWS_MANY", 450)
     monkeypatch.setattr(exact_mod, "FAISS_MIN_QUERIES", 32)

@@ -37,11 +37,13 @@ from .base import (INDEXES, VectorIndex, as_tensor, first_k, max_excluded, parse
 FEATURES = "features.safetensors"
 ENGINES = ("auto", "torch", "faiss")
 #: ``engine=auto`` hands a float32 search to faiss from this many gallery rows, when a call has at most
-#: ``FAISS_MAX_FEW`` queries, or at least ``FAISS_MIN_QUERIES`` queries and ``FAISS_MIN_ROWS_MANY`` rows
+#: ``FAISS_MAX_FEW`` queries, or at least ``FAISS_MIN_QUERIES`` queries and ``FAISS_MIN_ROWS_MANY`` rows.
+#: Measured on a quiet 2-core machine (docs/performance.md): the torch path wins up to 128 queries per call
+#: (1.8x faiss for one query, 5-12x at 32-128), faiss from 256 queries on 20k and 100k rows.
 FAISS_MIN_ROWS = 4096
-FAISS_MAX_FEW = 8
-FAISS_MIN_QUERIES = 64
-FAISS_MIN_ROWS_MANY = 65_536
+FAISS_MAX_FEW = 0
+FAISS_MIN_QUERIES = 256
+FAISS_MIN_ROWS_MANY = 16_384
 _ST_DTYPES = {"F32": (np.float32, torch.float32), "F16": (np.float16, torch.float16)}
 
 
