@@ -172,6 +172,15 @@ async def run_level(url: str, clients: int, kind: str, max_requests: int, max_se
             "mean_batch": round((after["queries"] - before["queries"]) / max(1, after["batches"] - before["batches"]), 2)}
 
 
+def stop_server(proc: subprocess.Popen) -> None:
+    """Terminate the server (kill it if it does not stop within 10 s)."""
+    proc.terminate()
+    try:
+        proc.wait(10)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+
+
 def large_png(side: int) -> bytes:
     """A side x side PNG that compresses well (a smooth pattern), so it fits the upload limit."""
     import io
@@ -246,11 +255,7 @@ def mixed(args: argparse.Namespace, index: Path, ids: list[str], files: list[byt
         after10 = status_mib(proc.pid, "VmRSS")
         health = httpx.get(url + "/health", timeout=30).json()["searches"]
     finally:
-        proc.terminate()
-        try:
-            proc.wait(10)
-        except subprocess.TimeoutExpired:
-            proc.kill()
+        stop_server(proc)
     print(f"{'kind':28s} {'answered':>8s} {'p50 ms':>8s} {'p99 ms':>8s}  statuses")
     rows = [("cheap, alone (reference)", alone)] + [(f"{k} under mixed load", load[k]) for k in ("cheap", "large",
                                                                                                   "slow")]
@@ -329,11 +334,7 @@ def main() -> int:
                           f"{row['server_cpu_ms_per_req']:17.2f} {row['client_cpu_ms_per_req']:6.2f}",
                           flush=True)
         finally:
-            proc.terminate()
-            try:
-                proc.wait(10)
-            except subprocess.TimeoutExpired:
-                proc.kill()
+            stop_server(proc)
     for kind in {r["kind"] for r in rows}:
         base = next((r for r in rows if r["kind"] == kind and r["clients"] == 1), None)
         if base and base["throughput_rps"]:

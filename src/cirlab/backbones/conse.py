@@ -44,7 +44,7 @@ from safetensors.torch import save_file
 from ..errors import CirlabError
 from . import BACKBONES
 from .base import PLACEHOLDER, Backbone, ImageLike, finish, placeholder_mask
-from .encoding import cache_root
+from ..paths import cache_root
 from .extras import require
 from .inject import TokenInjector, pick_placeholder
 
@@ -143,7 +143,7 @@ class ConseBackbone(Backbone):
 
     def _class_text_embeddings(self) -> torch.Tensor:
         """The shipped embeddings when they were made with this prompt, class list and MiniLM weights;
-        otherwise computed once and kept in the user cache (``cirlab.backbones.encoding.cache_root()``)."""
+        otherwise computed once and kept in the user cache (``cirlab.paths.cache_root()``)."""
         key = self._class_key()
         cached = cache_root() / "conse" / f"classes-{hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:16]}.safetensors"
         for path in (SHIPPED_EMBEDDINGS, cached):
