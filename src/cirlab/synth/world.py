@@ -16,7 +16,8 @@ initial style), palette shift, object scale, blur and noise minimise the distanc
 between colour histograms of the real images and renders of their descriptions
 (coordinate descent over a grid; histograms ignore where objects are), and jitter
 comes from how far object centres in one-object real images sit from where a
-jitter-free render puts them. The world's camera (``scene.Effects``: texture, shading,
+jitter-free render puts them (centres against each image's own border-fitted background plane,
+so shading is not read as an object). The world's camera (``scene.Effects``: texture, shading,
 tilt, occluders, clutter) is outside the style, so the fitted distance stays above zero.
 """
 from __future__ import annotations
@@ -139,10 +140,29 @@ def _corners(img: np.ndarray, k: int) -> list[np.ndarray]:
     return [img[:k, :k], img[:k, -k:], img[-k:, :k], img[-k:, -k:]]
 
 
-def _mask_centre(img: np.ndarray, background: np.ndarray, thresh: float) -> np.ndarray | None:
-    diff = np.abs(img.astype(np.float64) - background).sum(-1)
+def _background_plane(img: np.ndarray, k: int) -> np.ndarray:
+    """Per-channel linear fit (a + b x + c y) to the ``k``-pixel border ring: a background with shading."""
+    h, w, _ = img.shape
+    yy, xx = np.mgrid[:h, :w]
+    ring = np.zeros((h, w), dtype=bool)
+    ring[:k], ring[-k:], ring[:, :k], ring[:, -k:] = True, True, True, True
+    design = np.stack([np.ones(int(ring.sum())), xx[ring], yy[ring]], 1)
+    values = img[ring].astype(np.float64)
+    coef, *_ = np.linalg.lstsq(design, values, rcond=None)  # (3, channels)
+    # one pass of outlier rejection: objects or clutter touching the border must not tilt the plane
+    resid = np.abs(values - design.dot(coef)).sum(-1)
+    keep = resid <= max(np.median(resid) * 3, 1e-9)
+    if keep.sum() >= 3:
+        coef, *_ = np.linalg.lstsq(design[keep], values[keep], rcond=None)
+    return np.stack([np.ones(h * w), xx.ravel(), yy.ravel()], 1).dot(coef).reshape(h, w, -1)
+
+
+def _object_centre(img: np.ndarray, thresh: float, k: int) -> np.ndarray | None:
+    """Centre of the pixels standing out from the image's own (shaded) background; medians, so specks of
+    clutter and a partial occluder move it little. ``None`` when fewer than 4 pixels stand out."""
+    diff = np.abs(img.astype(np.float64) - _background_plane(img, k)).sum(-1)
     ys, xs = np.nonzero(diff > thresh)
-    return None if len(xs) < 4 else np.array([xs.mean(), ys.mean()])
+    return None if len(xs) < 4 else np.array([np.median(xs), np.median(ys)])
 
 
 def fit_style(images: Sequence[Image.Image], descriptions: Sequence[str], init: Style = UNADAPTED,
@@ -193,15 +213,19 @@ def fit_style(images: Sequence[Image.Image], descriptions: Sequence[str], init: 
                 if d < best - 1e-9:
                     best, style = d, cand
     # jitter: displacement of the object in one-object images vs a jitter-free render of the same scene
-    bg = np.array(background, dtype=np.float64)
+    # (each image's background is its own border-fitted plane, so the camera's shading does not read as
+    # object pixels; with one flat background colour it did, and the estimate saturated near 1.5 cells)
     thresh = 3 * noise + 40
     cell = res / 3
     offsets = []
     for s, im in zip(scenes, real):
         if len(s.objects) != 1:
             continue
-        a = _mask_centre(im, bg, thresh)
-        b = _mask_centre(np.asarray(render(s, res, replace(style, noise=0.0, jitter=0.0))), bg, thresh)
+        a = _object_centre(im, thresh, k)
+        flat = np.asarray(render(s, res, replace(style, noise=0.0, jitter=0.0)))  # background known exactly
+        diff = np.abs(flat.astype(np.float64) - np.array(style.background, dtype=np.float64)).sum(-1)
+        ys, xs = np.nonzero(diff > thresh)
+        b = np.array([np.median(xs), np.median(ys)]) if len(xs) >= 4 else None
         if a is not None and b is not None:
             offsets += list(np.abs(a - b) / cell)
     jitter = round(float(2 * np.mean(offsets)), 3) if offsets else 0.0
