@@ -19,5 +19,6 @@ LOG="benchmarks-$(date -u +%Y%m%dT%H%M%SZ).log"
   $PY benchmarks/encode_throughput.py $QUICK
   $PY benchmarks/index_ann.py $QUICK
   $PY benchmarks/milvus_throughput.py $QUICK
+  $PY benchmarks/train_throughput.py $QUICK
 } 2>&1 | tee "$LOG"
 echo "wrote $LOG"

@@ -1,0 +1,223 @@
+"""Training throughput (samples/s) of cirlab's trainers, before and after a revision, in one run.
+
+Each **case** (``CASES``, a registry: ``@case("name", help=...)``) trains one trainer for a short,
+fixed budget on a small generated world and reports how many training samples it processed and in
+how many seconds. The same case runs twice per round, each in its own subprocess:
+
+* **before**: the library as of ``--before REV`` (default ``BEFORE``, the commit before the training
+  speed-ups), exported with ``git archive`` into a temp dir and imported from there
+  (``PYTHONPATH=<export>/src``);
+* **after**: the library of this checkout (``src/``).
+
+Rounds alternate before / after (``--rounds``, best of each side kept), so a change in the machine's
+load hits both sides alike; the table gives samples/s of each side and the ratio after / before
+(goal: >= 2). A case only calls public training entry points that both revisions have, so it
+measures the library, not the script. Each subprocess first runs the case once with a tiny budget
+(imports, one-off set-up, caches of its own temp dir warm), then times one run at the case's budget.
+
+Cases (``--cases``, default all; ``--list`` prints them):
+
+* ``pic2word``: ``train_method`` (Pic2Word) on the world's train images, the frozen image features
+  already encoded; samples = steps x batch.
+
+Options: ``--quick`` (smaller budgets, 1 round: about a minute per case on an idle 2-core machine),
+``--threads`` (torch threads in every subprocess, default 1, as the world experiments' documented
+commands run), ``--world DIR`` (reuse a world instead of generating one), ``--backbone SPEC``.
+Every cache a case writes lives in the run's temp dir.
+
+    .venv/bin/python benchmarks/train_throughput.py [--quick] [--cases pic2word,...] [--before REV]
+        [--rounds 2] [--threads 1] [--world DIR] [--backbone tiny:world]
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable
+
+REPO = Path(__file__).resolve().parents[1]
+
+#: the last commit before the training speed-ups: the default "before" of every case
+BEFORE = "d1aaaa7c1b15fc3c69ab3877a91380b34eeccd75"
+
+
+@dataclass
+class Budget:
+    """What a case gets: the world, the backbone spec, quick or full budget, a scratch dir of its own."""
+
+    world: Path
+    backbone: str
+    quick: bool
+    scratch: Path
+    warmup: bool = False  # the untimed first run: the smallest budget that exercises every code path
+
+
+@dataclass
+class Case:
+    name: str
+    run: Callable[[Budget], dict[str, Any]]  # -> {"samples": int, "seconds": float, ...}
+    help: str
+
+
+CASES: dict[str, Case] = {}
+
+
+def case(name: str, help: str) -> Callable[[Callable[[Budget], dict[str, Any]]], Callable[[Budget], dict[str, Any]]]:
+    """Register a case: a function of a ``Budget`` returning ``{"samples": n, "seconds": s}``."""
+    def deco(fn: Callable[[Budget], dict[str, Any]]) -> Callable[[Budget], dict[str, Any]]:
+        if name in CASES:
+            raise ValueError(f"case {name!r} registered twice")
+        CASES[name] = Case(name, fn, help)
+        return fn
+    return deco
+
+
+def timed(fn: Callable[[], Any]) -> float:
+    t = time.perf_counter()
+    fn()
+    return time.perf_counter() - t
+
+
+# -- cases -------------------------------------------------------------------------------------------------------
+
+_TI_DATA: dict[str, Any] = {}
+
+
+def _ti(method: str, b: Budget, steps: int, batch: int, images: int, **cfg: Any) -> dict[str, Any]:
+    """One ``train_method`` call of a textual-inversion trainer on encoded train images."""
+    from cirlab.backbones import create_backbone
+    from cirlab.train.textual_inversion import MethodTrainConfig, TrainingData, train_method
+
+    key = f"{b.backbone}|{b.world}|{images}"
+    if key not in _TI_DATA:  # one encoding per process (both revisions keep encoded features in TrainingData)
+        _TI_DATA.clear()
+        _TI_DATA[key] = (create_backbone(b.backbone), TrainingData(b.world / "train", images))
+    backbone, data = _TI_DATA[key]
+    mcfg = MethodTrainConfig(method=method, steps=steps, batch_size=batch, prompts="world", log_every=10_000, **cfg)
+    seconds = timed(lambda: train_method(backbone, data, mcfg, None, progress=False))
+    return {"samples": steps * batch, "seconds": seconds}
+
+
+@case("pic2word", help="Pic2Word phi on encoded train images (InfoNCE through the frozen text tower)")
+def _pic2word(b: Budget) -> dict[str, Any]:
+    steps = 2 if b.warmup else (15 if b.quick else 40)
+    return _ti("pic2word", b, steps, 256, 2048)
+
+
+# -- driver ------------------------------------------------------------------------------------------------------
+
+def measure(args: argparse.Namespace) -> None:
+    """Subprocess side: run one case (warm-up, then timed) with whatever ``cirlab`` is on the path; print JSON."""
+    import torch
+
+    torch.set_num_threads(args.threads)
+    b = Budget(Path(args.world), args.backbone, args.quick, Path(args.scratch), warmup=True)
+    CASES[args.measure].run(b)
+    b.warmup = False
+    out = CASES[args.measure].run(b)
+    import cirlab
+
+    out["library"] = str(Path(cirlab.__file__).resolve().parents[1])
+    print("RESULT " + json.dumps(out), flush=True)
+
+
+def export(rev: str, dest: Path) -> Path:
+    """``src/`` of ``rev`` into ``dest`` (git archive: the repository itself is not touched)."""
+    full = subprocess.run(["git", "-C", str(REPO), "rev-parse", "--verify", f"{rev}^{{commit}}"],
+                          capture_output=True, text=True)
+    if full.returncode != 0:
+        sys.exit(f"--before {rev!r}: not a commit of {REPO} ({full.stderr.strip()})")
+    dest.mkdir(parents=True)
+    archive = subprocess.run(["git", "-C", str(REPO), "archive", full.stdout.strip(), "src"],
+                             capture_output=True, check=True)
+    subprocess.run(["tar", "-x", "-C", str(dest)], input=archive.stdout, check=True)
+    return dest / "src"
+
+
+def run_case(name: str, src: Path, args: argparse.Namespace, world: Path, scratch: Path) -> dict[str, Any]:
+    scratch.mkdir(parents=True, exist_ok=True)
+    env = {**os.environ, "PYTHONPATH": str(src), "CIRLAB_CACHE": str(scratch / "cache"),
+           "CIRLAB_FEATURE_CACHE": str(scratch / "features.sqlite"), "HF_HUB_OFFLINE": "1",
+           "OMP_NUM_THREADS": str(args.threads), "MKL_NUM_THREADS": str(args.threads)}
+    cmd = [sys.executable, str(Path(__file__).resolve()), "--measure", name, "--world", str(world),
+           "--scratch", str(scratch), "--threads", str(args.threads), "--backbone", args.backbone]
+    if args.quick:
+        cmd.append("--quick")
+    proc = subprocess.run(cmd, env=env, capture_output=True, text=True, cwd=str(scratch))
+    lines = [x for x in proc.stdout.splitlines() if x.startswith("RESULT ")]
+    if proc.returncode != 0 or not lines:
+        sys.exit(f"case {name} ({src}) failed (exit {proc.returncode}):\n{proc.stderr[-3000:]}")
+    out = json.loads(lines[-1][len("RESULT "):])
+    if Path(out["library"]) != src.resolve():
+        sys.exit(f"case {name}: imported cirlab from {out['library']}, expected {src}")
+    return out
+
+
+def make_world(root: Path, quick: bool) -> Path:
+    from cirlab.world import WorldConfig, generate_world
+
+    generate_world(root, WorldConfig(seed=0).small(120 if quick else 200), splits=("train",), progress=False)
+    return root
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--quick", action="store_true", help="smaller budgets and world, 1 round")
+    ap.add_argument("--cases", default=None, help="comma-separated case names (default: all; --list shows them)")
+    ap.add_argument("--list", action="store_true", help="list the cases and exit")
+    ap.add_argument("--before", default=BEFORE, help=f"the revision measured as 'before' (default {BEFORE[:12]})")
+    ap.add_argument("--rounds", type=int, default=None, help="alternating before/after rounds (default 2, quick 1)")
+    ap.add_argument("--threads", type=int, default=1, help="torch threads in each measurement (default 1)")
+    ap.add_argument("--world", default=None, help="an existing world root (default: generate a small one)")
+    ap.add_argument("--backbone", default="tiny:world", help="backbone of the textual-inversion cases")
+    ap.add_argument("--measure", default=None, help=argparse.SUPPRESS)
+    ap.add_argument("--scratch", default=None, help=argparse.SUPPRESS)
+    args = ap.parse_args()
+    if args.list:
+        for c in CASES.values():
+            print(f"{c.name:16s} {c.help}")
+        return 0
+    if args.measure:
+        measure(args)
+        return 0
+    names = args.cases.split(",") if args.cases else list(CASES)
+    unknown = [n for n in names if n not in CASES]
+    if unknown:
+        sys.exit(f"unknown case(s) {', '.join(unknown)}; known: {', '.join(CASES)}")
+    rounds = args.rounds or (1 if args.quick else 2)
+    sys.path.insert(0, str(REPO / "src"))
+    with tempfile.TemporaryDirectory(prefix="train-throughput-") as tmp:
+        t = Path(tmp)
+        before_src = export(args.before, t / "before")
+        world = Path(args.world) if args.world else make_world(t / "world", args.quick)
+        print(f"before: {args.before[:12]} (git archive)  after: {REPO} (working tree)  world: "
+              f"{'generated' if not args.world else world}  threads {args.threads}  rounds {rounds}  "
+              f"backbone {args.backbone}  {'quick' if args.quick else 'full'} budgets", flush=True)
+        print("| case | samples/run | before samples/s | after samples/s | after / before |")
+        print("|---|---:|---:|---:|---:|", flush=True)
+        for name in names:
+            best: dict[str, float] = {}
+            samples = 0
+            for r in range(rounds):
+                for side, src in (("before", before_src), ("after", REPO / "src")):
+                    res = run_case(name, src, args, world, t / f"{name}-{side}-{r}")
+                    samples = int(res["samples"])
+                    best[side] = max(best.get(side, 0.0), res["samples"] / res["seconds"])
+            print(f"| {name} | {samples:,} | {best['before']:,.0f} | {best['after']:,.0f} | "
+                  f"{best['after'] / best['before']:.2f} |", flush=True)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.path.insert(0, str(Path(__file__).resolve().parent))
+    if "--measure" in sys.argv or "--list" in sys.argv:
+        sys.exit(main())
+    import _machine
+
+    sys.exit(_machine.run(main))
