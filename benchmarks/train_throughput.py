@@ -11,14 +11,22 @@ how many seconds. The same case runs twice per round, each in its own subprocess
 
 Rounds alternate before / after (``--rounds``, best of each side kept), so a change in the machine's
 load hits both sides alike; the table gives samples/s of each side and the ratio after / before
-(goal: >= 2). A case only calls public training entry points that both revisions have, so it
+(goal: >= 2), and the same ratio per CPU second of the measuring process (with ``--threads 1`` the
+least load-sensitive figure on a shared machine). A case only calls public training entry points that both revisions have, so it
 measures the library, not the script. Each subprocess first runs the case once with a tiny budget
 (imports, one-off set-up, caches of its own temp dir warm), then times one run at the case's budget.
 
 Cases (``--cases``, default all; ``--list`` prints them):
 
-* ``pic2word``: ``train_method`` (Pic2Word) on the world's train images, the frozen image features
-  already encoded; samples = steps x batch.
+* ``pic2word``, ``searle``, ``lincir``: one ``train_method`` call on the world's first 2,048 train images,
+  their image features already encoded (as in an experiment, where the three share one encoding);
+  samples = steps x batch (SEARLE: + OTI images x OTI steps). LinCIR's call includes encoding its captions
+  (``lincir``: with nothing cached, a first run; ``lincir-rerun``: with the caches its warm-up left, as a
+  later seed on the same world finds them);
+* ``backbone``: one ``train_backbone`` call (image loading, vocabulary, training, saving), both towers
+  trained on the world captions (the ``tiny:world`` recipe); samples = steps x batch;
+* ``backbone-lit``: the same with the image tower locked (LiT, ``tiny:alt``'s recipe: alt-text, CLIP
+  text tower, the locked image features read from the case's cache written by its warm-up).
 
 Options: ``--quick`` (smaller budgets, 1 round: about a minute per case on an idle 2-core machine),
 ``--threads`` (torch threads in every subprocess, default 1, as the world experiments' documented
@@ -78,10 +86,12 @@ def case(name: str, help: str) -> Callable[[Callable[[Budget], dict[str, Any]]],
     return deco
 
 
-def timed(fn: Callable[[], Any]) -> float:
-    t = time.perf_counter()
+def timed(fn: Callable[[], Any]) -> dict[str, float]:
+    """Wall seconds and CPU seconds of this process (with one thread, CPU time is what the machine's other
+    work takes away least)."""
+    t, c = time.perf_counter(), time.process_time()
     fn()
-    return time.perf_counter() - t
+    return {"seconds": time.perf_counter() - t, "cpu_seconds": time.process_time() - c}
 
 
 # -- cases -------------------------------------------------------------------------------------------------------
@@ -100,14 +110,61 @@ def _ti(method: str, b: Budget, steps: int, batch: int, images: int, **cfg: Any)
         _TI_DATA[key] = (create_backbone(b.backbone), TrainingData(b.world / "train", images))
     backbone, data = _TI_DATA[key]
     mcfg = MethodTrainConfig(method=method, steps=steps, batch_size=batch, prompts="world", log_every=10_000, **cfg)
-    seconds = timed(lambda: train_method(backbone, data, mcfg, None, progress=False))
-    return {"samples": steps * batch, "seconds": seconds}
+    return {"samples": steps * batch, **timed(lambda: train_method(backbone, data, mcfg, None, progress=False))}
 
 
 @case("pic2word", help="Pic2Word phi on encoded train images (InfoNCE through the frozen text tower)")
 def _pic2word(b: Budget) -> dict[str, Any]:
     steps = 2 if b.warmup else (15 if b.quick else 40)
     return _ti("pic2word", b, steps, 256, 2048)
+
+
+@case("searle", help="SEARLE: OTI tokens for train images, then phi distilled from them (both timed)")
+def _searle(b: Budget) -> dict[str, Any]:
+    from cirlab.methods.textual_inversion.oti import OTIConfig
+
+    steps, oti_images, oti_steps = (2, 64, 2) if b.warmup else ((10, 128, 10) if b.quick else (30, 256, 20))
+    out = _ti("searle", b, steps, 256, 2048, oti_images=oti_images, oti=OTIConfig(steps=oti_steps))
+    out["samples"] += oti_images * oti_steps
+    return out
+
+
+def _lincir(b: Budget, fresh_cache: bool) -> dict[str, Any]:
+    steps = 2 if b.warmup else (8 if b.quick else 20)
+    if fresh_cache and not b.warmup:  # nothing cached by an earlier run: the first run on a world
+        os.environ["CIRLAB_CACHE"] = str(b.scratch / "fresh-cache")
+    return _ti("lincir", b, steps, 256, 2048)
+
+
+@case("lincir", help="LinCIR phi on the train captions, their text features encoded in the timed call")
+def _lincir_first(b: Budget) -> dict[str, Any]:
+    return _lincir(b, fresh_cache=True)
+
+
+@case("lincir-rerun", help="the same with the cache an earlier run (the warm-up) left: another seed, same world")
+def _lincir_rerun(b: Budget) -> dict[str, Any]:
+    return _lincir(b, fresh_cache=False)
+
+
+def _backbone(b: Budget, steps: int, **kw: Any) -> dict[str, Any]:
+    """One ``train_backbone`` call (loads the train images, builds the vocabulary, trains, saves)."""
+    from cirlab.train.backbone import BackboneTrainConfig, train_backbone
+
+    cfg = BackboneTrainConfig(data=str(b.world / "train"), out=str(b.scratch / "tiny"), max_steps=steps,
+                              batch_size=256, warmup_steps=2, **kw)
+    return {"samples": steps * 256, **timed(lambda: train_backbone(cfg, progress=False))}
+
+
+@case("backbone", help="tiny backbone, both towers trained (world captions, mean-pooled text tower)")
+def _backbone_full(b: Budget) -> dict[str, Any]:
+    return _backbone(b, 1 if b.warmup else (3 if b.quick else 8))
+
+
+@case("backbone-lit", help="tiny backbone, LiT: locked tiny:world image tower (cached features), CLIP text tower "
+                           "on alt-text")
+def _backbone_lit(b: Budget) -> dict[str, Any]:
+    return _backbone(b, 1 if b.warmup else (4 if b.quick else 10), captions="alttext", text_encoder="clip",
+                     init_vision="tiny:world", lock_image=True, image_cache=str(b.scratch / "locked.safetensors"))
 
 
 # -- driver ------------------------------------------------------------------------------------------------------
@@ -199,8 +256,9 @@ def main() -> int:
         print(f"before: {args.before[:12]} (git archive)  after: {REPO} (working tree)  world: "
               f"{'generated' if not args.world else world}  threads {args.threads}  rounds {rounds}  "
               f"backbone {args.backbone}  {'quick' if args.quick else 'full'} budgets", flush=True)
-        print("| case | samples/run | before samples/s | after samples/s | after / before |")
-        print("|---|---:|---:|---:|---:|", flush=True)
+        print("| case | samples/run | before samples/s | after samples/s | after / before | per CPU second: "
+              "after / before |")
+        print("|---|---:|---:|---:|---:|---:|", flush=True)
         for name in names:
             best: dict[str, float] = {}
             samples = 0
@@ -209,8 +267,9 @@ def main() -> int:
                     res = run_case(name, src, args, world, t / f"{name}-{side}-{r}")
                     samples = int(res["samples"])
                     best[side] = max(best.get(side, 0.0), res["samples"] / res["seconds"])
+                    best[f"{side}-cpu"] = max(best.get(f"{side}-cpu", 0.0), res["samples"] / res["cpu_seconds"])
             print(f"| {name} | {samples:,} | {best['before']:,.0f} | {best['after']:,.0f} | "
-                  f"{best['after'] / best['before']:.2f} |", flush=True)
+                  f"{best['after'] / best['before']:.2f} | {best['after-cpu'] / best['before-cpu']:.2f} |", flush=True)
     return 0
 
 

@@ -26,7 +26,7 @@ import abc
 import hashlib
 import os
 from pathlib import Path
-from typing import Any, Iterable, Sequence, Union
+from typing import Any, Callable, Iterable, Mapping, Sequence, Union
 
 import torch
 import torch.nn.functional as F
@@ -53,6 +53,34 @@ def placeholder_mask(ids: torch.Tensor, placeholder_id: int, first_only: bool = 
     return hit & (hit.long().cumsum(1) == 1) if first_only else hit
 
 
+#: rows per length group of ``length_grouped`` (smaller groups waste less on padding but multiply smaller matrices)
+GROUP_ROWS = 64
+
+
+def length_grouped(backbone: "Backbone", tokens: Mapping[str, torch.Tensor],
+                   forward: Callable[[dict[str, torch.Tensor], torch.Tensor], torch.Tensor],
+                   group_rows: int = GROUP_ROWS) -> torch.Tensor:
+    """``forward(tokens, rows)`` over the batch's rows sorted by text length, in groups of about ``group_rows``,
+    each group's tokens cut to its longest text; the outputs come back in the batch's order.
+
+    ``rows`` are the group's row indices into the batch (to select per-row inputs such as pseudo tokens).
+    For a backbone whose features ignore trailing padding (``trailing_padding_free``) this equals
+    ``forward(tokens, arange(B))`` up to float rounding, gradients included, with less work spent on padding;
+    other backbones, small batches and batches of texts of one length get that single call.
+    """
+    mask = tokens["attention_mask"]
+    n = len(mask)
+    lengths = mask.long().sum(1)
+    if not backbone.trailing_padding_free or n < 2 * group_rows or int(lengths.min()) == int(lengths.max()):
+        return forward(dict(tokens), torch.arange(n, device=mask.device))
+    order = torch.argsort(lengths, stable=True)
+    outs = []
+    for rows in order.tensor_split(n // group_rows):
+        longest = int(lengths[rows].max())
+        outs.append(forward({k: v[rows, :longest] for k, v in tokens.items()}, rows))
+    return torch.cat(outs)[torch.argsort(order)]
+
+
 def load_image(item: ImageLike, bounds: ImageBounds = DEFAULT_BOUNDS) -> Image.Image:
     """An RGB image from a path or a PIL image, refused (``cirlab.imaging.ImageError``) when it is over
     ``bounds``' pixel count or aspect ratio: a path is checked from its header, before it is decoded."""
@@ -74,6 +102,9 @@ class Backbone(nn.Module, abc.ABC):
     token_dim: int
     #: placeholder word that ``forward_texts_pseudo`` replaces
     placeholder: str = PLACEHOLDER
+    #: a text's feature does not depend on padding after its last token (the attention mask hides it), so a
+    #: batch may be cut to its longest text (``cirlab.train.features.length_grouped`` relies on it)
+    trailing_padding_free: bool = False
 
     # ---- preprocessing, attached to the model --------------------------------------------
     @abc.abstractmethod

@@ -152,6 +152,8 @@ class TinyText(nn.Module):
 
 
 class TinyBackbone(Backbone):
+    trailing_padding_free = True  # causal (clip) or key-padding-masked (mean) attention, masked pooling
+
     def __init__(self, config: TinyConfig) -> None:
         super().__init__()
         self.config = config

@@ -33,6 +33,7 @@ import torch.nn.functional as F
 from PIL import Image
 from tqdm.auto import tqdm
 
+from ..backbones.base import length_grouped
 from ..backbones.tiny import TinyBackbone, TinyConfig, WordTokenizer
 from ..data.jsonl import iter_jsonl, read_gallery
 from ..errors import DatasetError
@@ -219,7 +220,7 @@ def train_backbone(cfg: BackboneTrainConfig, progress: bool = True) -> dict[str,
     decay = [p for n, p in trainable if p.ndim >= 2 and "embed" not in n and "pos" not in n]
     no_decay = [p for n, p in trainable if not (p.ndim >= 2 and "embed" not in n and "pos" not in n)]
     opt = torch.optim.AdamW([{"params": decay, "weight_decay": cfg.weight_decay},
-                             {"params": no_decay, "weight_decay": 0.0}], lr=cfg.lr, betas=(0.9, 0.98))
+                             {"params": no_decay, "weight_decay": 0.0}], lr=cfg.lr, betas=(0.9, 0.98), fused=True)
 
     def lr_at(step: int) -> float:
         if step < cfg.warmup_steps:
@@ -242,7 +243,7 @@ def train_backbone(cfg: BackboneTrainConfig, progress: bool = True) -> dict[str,
             idx = order[start:start + cfg.batch_size]
             texts = [rng.choice(caps[i]) for i in idx.tolist()]
             img = locked[idx] if locked is not None else model.forward_images(_normalise(model, pixels[idx]))
-            txt = model.forward_texts(model.tokenize(texts))
+            txt = length_grouped(model, model.tokenize(texts), lambda tk, rows: model.forward_texts(tk))
             scale = model.logit_scale.exp().clamp(max=100)
             logits = scale * img @ txt.T
             gt = torch.arange(len(idx))

@@ -6,6 +6,10 @@
 backbone weights and the images are unchanged). ``eval_features`` does the same for an
 evaluation split (the whole gallery), and ``evaluate_features`` ranks it with any
 ``(image, text) -> query`` function, reporting the same metrics as ``cirlab eval``.
+
+``cached_text_features`` encodes texts with a frozen backbone once across runs: the raw features
+are kept in ``cache_root()/text-features`` (one safetensors file per backbone weights + tokenised
+texts, written atomically), so later runs and seeds of a trainer read them instead.
 """
 from __future__ import annotations
 
@@ -54,6 +58,56 @@ def image_features(backbone: Backbone, dataset: CIRDataset, ids: Sequence[str], 
     index = build_index(backbone, sub, d, progress=progress)
     vecs = index.vectors(uniq)
     return dict(zip(uniq, vecs))
+
+
+TEXT_CACHE = "text-features"
+
+
+def text_cache_dir() -> Path | None:
+    """Where ``cached_text_features`` keeps its files; None when the feature cache is switched off."""
+    from ..backbones.encoding import FEATURE_CACHE_ENV
+    from ..paths import cache_root
+
+    return None if os.environ.get(FEATURE_CACHE_ENV) == "off" else cache_root() / TEXT_CACHE
+
+
+def _texts_key(backbone: Backbone, texts: Sequence[str], chunk: int = 4096) -> str:
+    """The weights' fingerprint and the token ids of ``texts`` (the tokenizer is part of what is cached)."""
+    h = hashlib.sha256(f"{type(backbone).__name__}|{backbone.fingerprint()}|{len(texts)}".encode())
+    for lo in range(0, len(texts), chunk):
+        for k, v in sorted(backbone.tokenize(list(texts[lo:lo + chunk])).items()):
+            h.update(k.encode())
+            h.update(str(tuple(v.shape)).encode())
+            h.update(v.cpu().contiguous().numpy().tobytes())
+    return h.hexdigest()[:32]
+
+
+def cached_text_features(backbone: Backbone, texts: Sequence[str], normalize: bool = True, progress: bool = False,
+                         cache_dir: str | os.PathLike[str] | None = None) -> torch.Tensor:
+    """``backbone.encode_texts(texts, normalize=...)``, read from the text-feature cache when this backbone's
+    weights already encoded these token ids (``cache_dir``: default ``text_cache_dir()``)."""
+    from safetensors import SafetensorError
+    from safetensors.torch import load_file, save_file
+
+    root = Path(cache_dir) if cache_dir is not None else text_cache_dir()
+    raw = None
+    if root is not None:
+        path = root / f"{_texts_key(backbone, texts)}.safetensors"
+        if path.is_file():
+            try:
+                raw = load_file(str(path)).get("raw")
+            except (SafetensorError, OSError):  # a damaged cache file is encoded again and replaced
+                raw = None
+            if raw is not None and tuple(raw.shape) != (len(texts), backbone.embed_dim):
+                raw = None
+    if raw is None:
+        raw = backbone.encode_texts(list(texts), progress=progress, normalize=False)
+        if root is not None:
+            root.mkdir(parents=True, exist_ok=True)
+            tmp = path.with_name(f"{path.name}.{os.getpid()}.tmp")
+            save_file({"raw": raw.contiguous()}, str(tmp))
+            os.replace(tmp, path)
+    return F.normalize(raw, dim=-1) if normalize else raw
 
 
 def text_features(backbone: Backbone, texts: Sequence[str]) -> torch.Tensor:
@@ -131,5 +185,5 @@ def evaluate_features(compose: Composer, ev: EvalFeatures, depth: int = 50, batc
     return grouped_metrics(rankings, ev.targets, ev.kinds)
 
 
-__all__ = ["EvalFeatures", "FeatureTriplets", "eval_features", "evaluate_features", "image_features",
-           "text_features", "triplet_features"]
+__all__ = ["EvalFeatures", "FeatureTriplets", "cached_text_features", "eval_features", "evaluate_features", "image_features",
+           "text_cache_dir", "text_features", "triplet_features"]

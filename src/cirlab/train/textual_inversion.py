@@ -41,16 +41,18 @@ import json
 import math
 import os
 import time
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Iterator
 
 import torch
 import torch.nn.functional as F
 from safetensors.torch import load_file, save_file
 from tqdm.auto import tqdm
 
-from ..backbones.base import Backbone
+from ..backbones.base import Backbone, length_grouped
+from ..backbones.encoding import encode_images
 from ..data import read_gallery
 from ..errors import CirlabError, DatasetError
 from ..methods.textual_inversion.concepts import ConceptVocabulary
@@ -58,6 +60,7 @@ from ..methods.textual_inversion.oti import OTI, PALAVRA_TEMPLATES, OTIConfig
 from ..methods.textual_inversion.phi import Checkpoint, Phi, PhiConfig
 from ..methods.textual_inversion.prompts import PromptTemplates, get_templates
 from .estimate import RunEstimate
+from .features import cached_text_features
 
 
 @dataclass
@@ -150,8 +153,9 @@ class TrainingData:
 
     def image_features(self, backbone: Backbone, progress: bool = True, normalize: bool = True) -> torch.Tensor:
         key = f"{backbone.fingerprint()}:{'normalised' if normalize else 'raw'}"
-        if key not in self._features:
-            self._features[key] = backbone.encode_images(self.paths, progress=progress, normalize=normalize)
+        if key not in self._features:  # through the shared per-image feature cache: encoded once across runs
+            self._features[key] = encode_images(backbone, self.paths, device=None, amp=False,
+                                                progress=progress, normalize=normalize)
         return self._features[key]
 
     def caption_list(self) -> list[str]:
@@ -264,7 +268,7 @@ def fit(phi: Phi, loss_fn: Callable[[torch.Tensor, torch.Generator], torch.Tenso
     """Minimise ``loss_fn(batch indices, generator)`` over phi's parameters only (the backbone gets no grads);
     with ``state``, resume from and save to it."""
     params = [p for p in phi.parameters()]
-    opt = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
+    opt = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay, fused=True)
     gen = torch.Generator().manual_seed(cfg.seed)
     start, log = state.restore(phi, opt, gen) if state is not None else (0, [])
     phi.train()
@@ -397,7 +401,7 @@ def train_lincir(backbone: Backbone, data: TrainingData, cfg: MethodTrainConfig,
         raise DatasetError(f"{data.source}: no caption contains a concept word to mask "
                            f"(vocabulary of {len(vocab)} words: {', '.join(vocab.words[:10])}...)")
     captions, masked = [p[0] for p in pairs], [p[1] for p in pairs]
-    feats = backbone.encode_texts(captions, progress=progress, normalize=not paper).to(backbone.device)
+    feats = cached_text_features(backbone, captions, normalize=not paper, progress=progress).to(backbone.device)
     phi = _new_phi(backbone, cfg, "gelu")
     dim = feats.shape[1]
 
@@ -407,11 +411,13 @@ def train_lincir(backbone: Backbone, data: TrainingData, cfg: MethodTrainConfig,
         tok = _tokens(backbone, [masked[i] for i in idx.tolist()])
         if paper:  # raw text feature + U(0,1) * N(0, I), MSE on raw features, every $ replaced
             g = torch.randn(t.shape, generator=gen).to(t)
-            out = backbone.forward_texts_pseudo(tok, phi(t + cfg.noise * u * g), normalize=False)
+            v = phi(t + cfg.noise * u * g)
+            out = length_grouped(backbone, tok, lambda tk, rows: backbone.forward_texts_pseudo(tk, v[rows],
+                                                                                               normalize=False))
             return F.mse_loss(out, t)
         g = torch.randn(t.shape, generator=gen).to(t) / dim ** 0.5
         v = phi(F.normalize(t + cfg.noise * u * g, dim=-1))
-        out = backbone.forward_texts_pseudo(tok, v)
+        out = length_grouped(backbone, tok, lambda tk, rows: backbone.forward_texts_pseudo(tk, v[rows]))
         return ((out - t) ** 2).sum(-1).mean()
 
     log = fit(phi, loss, len(feats), cfg, "train lincir", progress, _state(state_dir, backbone, data, cfg))
@@ -426,6 +432,20 @@ def _checkpoint(method: str, phi: Phi, prompts: PromptTemplates, backbone: Backb
                       preset=method if cfg.recipe == "paper" else "")
 
 
+@contextmanager
+def frozen(module: torch.nn.Module) -> Iterator[None]:
+    """``module``'s parameters without gradients inside the block (autograd then keeps nothing for their
+    gradients), restored after."""
+    trainable = [p for p in module.parameters() if p.requires_grad]
+    for p in trainable:
+        p.requires_grad_(False)
+    try:
+        yield
+    finally:
+        for p in trainable:
+            p.requires_grad_(True)
+
+
 TRAINERS: dict[str, Callable[..., Checkpoint]] = {
     "pic2word": train_pic2word, "searle": train_searle, "lincir": train_lincir}
 
@@ -436,7 +456,8 @@ def train_method(backbone: Backbone, data: TrainingData, cfg: MethodTrainConfig,
     if cfg.method not in TRAINERS:
         raise CirlabError(f"unknown textual-inversion method {cfg.method!r}; known: {', '.join(TRAINERS)}")
     t0 = time.time()
-    ck = TRAINERS[cfg.method](backbone, data, cfg, progress, state_dir=out)
+    with frozen(backbone):
+        ck = TRAINERS[cfg.method](backbone, data, cfg, progress, state_dir=out)
     ck.training["seconds"] = round(time.time() - t0, 1)
     if out is not None:
         ck.save(out)

@@ -20,7 +20,7 @@ import torch
 import torch.nn.functional as F
 from tqdm.auto import tqdm
 
-from ...backbones.base import Backbone
+from ...backbones.base import Backbone, length_grouped
 from .concepts import ConceptVocabulary
 from .prompts import PromptTemplates
 
@@ -102,8 +102,8 @@ class ConceptRegulariser:
         phrase = torch.randint(len(self.phrases), (b,), generator=gen)
         concept = top[torch.arange(b), pick.to(top.device)]
         target = self.concept_features[concept, phrase.to(concept.device)]
-        out = self.backbone.forward_texts_pseudo(_select(self.pseudo_phrase_tokens, phrase.to(self.backbone.device)),
-                                                 pseudo)
+        tokens = _select(self.pseudo_phrase_tokens, phrase.to(self.backbone.device))
+        out = length_grouped(self.backbone, tokens, lambda tk, rows: self.backbone.forward_texts_pseudo(tk, pseudo[rows]))
         return (1 - (out * target).sum(-1)).mean()
 
     def expected_loss(self, pseudo: torch.Tensor, top: torch.Tensor) -> torch.Tensor:
@@ -166,7 +166,8 @@ class OTI:
                     if self.template_tokens is not None:  # one random template per image and step
                         rows = torch.randint(len(cfg.templates), (len(f),), generator=gen).to(self.backbone.device)
                         img_tokens = _select(self.template_tokens, rows)
-                    txt = self.backbone.forward_texts_pseudo(img_tokens, v)
+                    txt = length_grouped(self.backbone, img_tokens,
+                                         lambda tk, rows: self.backbone.forward_texts_pseudo(tk, v[rows]))
                     loss = cfg.lambda_cos * (1 - (txt * f).sum(-1)).mean()
                     if cfg.lambda_reg:
                         loss = loss + cfg.lambda_reg * self.reg.sampled_loss(v, top, gen)
