@@ -166,3 +166,42 @@ def test_training_images_are_encoded_once_across_runs(tiny_backbone, small_world
     monkeypatch.setattr(tiny_backbone, "forward_images", no_encoding)
     again = TrainingData(small_world / "train", 50).image_features(tiny_backbone, progress=False)
     assert torch.allclose(again, F.normalize(want, dim=-1), atol=1e-6)
+
+
+@pytest.mark.parametrize("texts", ["varied", "prompt", "same"])
+def test_clip_tower_skips_work_whose_result_it_never_reads(tiny_config, texts):
+    """The CLIP tower computes its last layer at the end-of-text token only, and positions every row shares
+    (the tokens before the pseudo word of a prompt) once: the same features and gradients as every layer
+    at every position of every row."""
+    from dataclasses import replace
+
+    from cirlab.backbones.tiny import shared_prefix
+
+    bb = create_backbone("tiny:random", config=replace(tiny_config, text_encoder="clip", text_depth=3))
+    batch = {"varied": _texts(40), "prompt": ["a red circle at the $ and the top"] * 40,
+             "same": ["a red circle at the top"] * 40}[texts]
+    tok = bb.tokenize(batch)
+    ids, mask = tok["input_ids"], tok["attention_mask"]
+    where = ids == bb.tokenizer.placeholder_id
+    assert shared_prefix(ids, where) == {"varied": 1, "prompt": 6, "same": ids.shape[1]}[texts]
+    pseudo = torch.randn(40, bb.token_dim, requires_grad=True)
+    weights = torch.randn(40, bb.embed_dim)
+
+    def reference(replace=True):  # every layer at every position of every row (causal mask), then the end-of-text row
+        x = bb.text.embed(ids)
+        if replace:
+            x = torch.where(where.unsqueeze(-1), pseudo.unsqueeze(1).expand(-1, ids.shape[1], -1), x)
+        causal = torch.triu(torch.full((ids.shape[1],) * 2, float("-inf")), diagonal=1)
+        h = bb.text.ln(bb.text.blocks(x + bb.text.pos[:, : ids.shape[1]], mask=causal))
+        return bb.text.proj(h[torch.arange(len(ids)), mask.sum(1) - 1])
+
+    params = [pseudo] + list(bb.text.parameters())
+    fast = bb.forward_texts_pseudo(tok, pseudo, normalize=False)
+    ref = reference()
+    assert torch.allclose(fast, ref, atol=1e-5)
+    for a, b in zip(torch.autograd.grad((fast * weights).sum(), params, allow_unused=True),
+                    torch.autograd.grad((ref * weights).sum(), params, allow_unused=True)):
+        assert (a is None and b is None) or torch.allclose(a, b, atol=1e-5, rtol=1e-4)
+    bb.eval()
+    with torch.no_grad():  # the inference path (texts without pseudo words)
+        assert torch.allclose(bb.forward_texts(tok, normalize=False), reference(replace=False), atol=1e-5)

@@ -127,6 +127,49 @@ class TinyVision(nn.Module):
         return self.proj(self.tokens(pixels)[:, 0])
 
 
+def _feed_forward(layer: nn.TransformerEncoderLayer, y: torch.Tensor) -> torch.Tensor:
+    return y + layer.dropout2(layer.linear2(layer.dropout(layer.activation(layer.linear1(layer.norm2(y))))))
+
+
+def _keys(layer: nn.TransformerEncoderLayer, prefix: torch.Tensor, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """The layer-normed states of the rows' positions (``x``) and, in front, of their shared first positions."""
+    h = layer.norm1(x)
+    return h, torch.cat([layer.norm1(prefix).expand(len(x), -1, -1), h], 1) if prefix.shape[1] else h
+
+
+def _causal_suffix(layer: nn.TransformerEncoderLayer, prefix: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+    """A norm-first ``layer``'s causal output at the positions ``x`` (B, n, W) that follow ``prefix`` (1, p, W),
+    the first positions every row shares (their states are the same in every row, so they are kept once)."""
+    p, n = prefix.shape[1], x.shape[1]
+    h, kv = _keys(layer, prefix, x)
+    hidden = torch.triu(torch.full((n, p + n), float("-inf"), device=x.device), diagonal=p + 1)
+    att = layer.self_attn(h, kv, kv, attn_mask=hidden, need_weights=False)[0]
+    return _feed_forward(layer, x + layer.dropout1(att))
+
+
+def _end_of_text(layer: nn.TransformerEncoderLayer, prefix: torch.Tensor, x: torch.Tensor, eot: torch.Tensor
+                 ) -> torch.Tensor:
+    """(B, W): the last layer's causal output at each row's end-of-text position ``eot`` (in ``x``) only.
+
+    The text feature reads nothing else from the last layer, so its other positions need no query, attention
+    output or MLP: their keys and values are all it computes for them."""
+    rows = torch.arange(len(x), device=x.device)
+    h, kv = _keys(layer, prefix, x)
+    later = torch.arange(kv.shape[1], device=x.device)[None, :] > (eot + prefix.shape[1])[:, None]
+    att = layer.self_attn(h[rows, eot].unsqueeze(1), kv, kv, key_padding_mask=later, need_weights=False)[0]
+    return _feed_forward(layer, x[rows, eot] + layer.dropout1(att[:, 0]))
+
+
+def shared_prefix(ids: torch.Tensor, replaced: torch.Tensor | None = None) -> int:
+    """How many first positions hold the same token in every row of ``ids`` (B, L) (and none ``replaced``)."""
+    if len(ids) < 2:
+        return 0
+    same = (ids == ids[:1]).all(0)
+    if replaced is not None:
+        same &= ~replaced.any(0)
+    return int(same.long().cumprod(0).sum())
+
+
 class TinyText(nn.Module):
     def __init__(self, c: TinyConfig) -> None:
         super().__init__()
@@ -137,14 +180,24 @@ class TinyText(nn.Module):
         self.ln = nn.LayerNorm(c.text_width)
         self.proj = nn.Linear(c.text_width, c.embed_dim, bias=False)
 
-    def forward_embeds(self, x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    def forward_embeds(self, x: torch.Tensor, mask: torch.Tensor, shared: int = 0) -> torch.Tensor:
+        """Text features of the token embeddings ``x`` (B, L, W); with the CLIP tower, ``shared`` first positions
+        that hold the same token in every row are computed once (a token sees only earlier ones, so their
+        states are the same in every row)."""
         x = x + self.pos[:, : x.shape[1]]
         if self.clip:
-            n = x.shape[1]
-            causal = torch.triu(torch.full((n, n), float("-inf"), device=x.device), diagonal=1)
-            x = self.ln(self.blocks(x, mask=causal))  # a token sees only earlier ones: padding after EOS is never seen
             eot = mask.long().sum(1).clamp_min(1) - 1  # the end-of-text token is the last real one
-            return self.proj(x[torch.arange(len(x), device=x.device), eot])
+            shared = max(0, min(shared, int(eot.min())))
+            prefix, x = x[:1, :shared], x[:, shared:]
+            causal = torch.triu(torch.full((shared or x.shape[1],) * 2, float("-inf"), device=x.device), diagonal=1)
+            *early, last = self.blocks.layers
+            for layer in early:  # padding after EOS is never seen
+                if shared:
+                    x = _causal_suffix(layer, prefix, x)
+                    prefix = layer(prefix, src_mask=causal, is_causal=True)
+                else:
+                    x = layer(x, src_mask=causal, is_causal=True)
+            return self.proj(self.ln(_end_of_text(last, prefix, x, eot - shared)))
         x = self.ln(self.blocks(x, src_key_padding_mask=~mask))
         m = mask.unsqueeze(-1).to(x.dtype)
         pooled = (x * m).sum(1) / m.sum(1).clamp_min(1)
@@ -185,8 +238,9 @@ class TinyBackbone(Backbone):
         return self.visual.tokens(pixels)[:, 1:]
 
     def forward_texts(self, tokens: dict[str, torch.Tensor], normalize: bool = True) -> torch.Tensor:
-        x = self.text.embed(tokens["input_ids"])
-        return finish(self.text.forward_embeds(x, tokens["attention_mask"]), normalize)
+        ids = tokens["input_ids"]
+        x = self.text.embed(ids)
+        return finish(self.text.forward_embeds(x, tokens["attention_mask"], shared_prefix(ids)), normalize)
 
     def forward_texts_pseudo(self, tokens: dict[str, torch.Tensor], pseudo: torch.Tensor,
                              normalize: bool = True, first_only: bool = False) -> torch.Tensor:
@@ -194,7 +248,8 @@ class TinyBackbone(Backbone):
         x = self.text.embed(ids)
         where = placeholder_mask(ids, self.tokenizer.placeholder_id, first_only).unsqueeze(-1)
         x = torch.where(where, pseudo.to(x.dtype).unsqueeze(1).expand_as(x), x)
-        return finish(self.text.forward_embeds(x, tokens["attention_mask"]), normalize)
+        shared = shared_prefix(ids, where[..., 0])
+        return finish(self.text.forward_embeds(x, tokens["attention_mask"], shared), normalize)
 
     def token_embedding_weight(self) -> torch.Tensor:
         return self.text.embed.weight
