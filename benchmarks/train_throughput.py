@@ -26,7 +26,14 @@ Cases (``--cases``, default all; ``--list`` prints them):
 * ``backbone``: one ``train_backbone`` call (image loading, vocabulary, training, saving), both towers
   trained on the world captions (the ``tiny:world`` recipe); samples = steps x batch;
 * ``backbone-lit``: the same with the image tower locked (LiT, ``tiny:alt``'s recipe: alt-text, CLIP
-  text tower, the locked image features read from the case's cache written by its warm-up).
+  text tower, the locked image features read from the case's cache written by its warm-up);
+* ``fusion-diff-prior``, ``fusion-diff-adapter``: Fusion-Diff's two stages (``train_prior``,
+  ``train_adapter``) at their default model sizes and batch 256, features encoded and synthetic
+  triplets rendered before the clock starts (stage 2's call reads the cached image features and
+  encodes the 1,000 triplet texts, about 5% of its time).
+  ``...-bf16``: the same with ``precision="bf16"`` on the "after" side (the "before" revision has no
+  such option and runs float32), i.e. what switching the option on gains.
+* ``predicir``: ``train_predicir`` (default model, batch 64) on 1,024 pre-encoded train images.
 
 Options: ``--quick`` (smaller budgets, 1 round: about a minute per case on an idle 2-core machine),
 ``--threads`` (torch threads in every subprocess, default 1, as the world experiments' documented
@@ -39,6 +46,7 @@ Every cache a case writes lives in the run's temp dir.
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import os
 import subprocess
@@ -165,6 +173,87 @@ def _backbone_full(b: Budget) -> dict[str, Any]:
 def _backbone_lit(b: Budget) -> dict[str, Any]:
     return _backbone(b, 1 if b.warmup else (4 if b.quick else 10), captions="alttext", text_encoder="clip",
                      init_vision="tiny:world", lock_image=True, image_cache=str(b.scratch / "locked.safetensors"))
+
+
+_GEN_DATA: dict[str, Any] = {}
+
+
+def _once(key: str, make: Callable[[], Any]) -> Any:
+    """One set-up per process and key (encoded features, a stage-1 prior, rendered triplets)."""
+    if key not in _GEN_DATA:
+        _GEN_DATA[key] = make()
+    return _GEN_DATA[key]
+
+
+def _precision(cfg_cls: type, precision: str) -> dict[str, Any]:
+    """``{"precision": ...}`` when the revision's config has that field (the "before" side may not)."""
+    from dataclasses import fields
+
+    return {"precision": precision} if any(f.name == "precision" for f in fields(cfg_cls)) else {}
+
+
+def _fd_pairs(b: Budget) -> tuple[Any, Any]:
+    """(backbone, Fusion-Diff's encoded image-caption pairs of the world's train split)."""
+    from cirlab.backbones import create_backbone
+    from cirlab.train import fusion_diff as fd
+
+    backbone = _once(f"bb|{b.backbone}", lambda: create_backbone(b.backbone))
+    return backbone, _once(f"pairs|{b.world}", lambda: fd.pair_data(backbone, b.world / "train",
+                                                                    b.scratch / "fd-cache", None, progress=False))
+
+
+def _fd_prior(b: Budget, precision: str) -> dict[str, Any]:
+    from cirlab.train import fusion_diff as fd
+
+    backbone, data = _fd_pairs(b)
+    steps = 2 if b.warmup else (60 if b.quick else 200)
+    cfg = fd.PriorTrainConfig(steps=steps, log_every=10_000, save_every=0,
+                              **_precision(fd.PriorTrainConfig, precision))
+    return {"samples": steps * cfg.batch_size, **timed(lambda: fd.train_prior(backbone, data, cfg, None,
+                                                                             progress=False))}
+
+
+def _fd_adapter(b: Budget, precision: str) -> dict[str, Any]:
+    from cirlab.train import fusion_diff as fd
+
+    backbone, data = _fd_pairs(b)
+    prior = _once("prior", lambda: fd.train_prior(backbone, data, fd.PriorTrainConfig(steps=2, save_every=0),
+                                                  None, progress=False))
+    train = b.world / "train"
+    synth = _once("synth", lambda: fd.synthetic_triplets(b.scratch / "fd-synth", 1000, "world:real", 0,
+                                                         fd.heldout_combos(train), fd.world_resolution(train),
+                                                         progress=False))
+    steps = 2 if b.warmup else (60 if b.quick else 200)
+    cfg = fd.AdapterTrainConfig(triplets=1000, steps=steps, log_every=10_000, save_every=0,
+                                **_precision(fd.AdapterTrainConfig, precision))
+    return {"samples": steps * cfg.batch_size, **timed(lambda: fd.train_adapter(
+        backbone, prior, synth, cfg, None, b.scratch / "fd-cache", progress=False))}
+
+
+_FD_STAGES = {
+    "fusion-diff-prior": (_fd_prior, "Fusion-Diff stage 1 (prior, default size, batch 256) on encoded train captions"),
+    "fusion-diff-adapter": (_fd_adapter, "Fusion-Diff stage 2 (fusion + Control-Adapter, batch 256) on 1,000 encoded "
+                                         "synthetic triplets; the stage-1 prior frozen"),
+}
+for _name, (_run, _help) in _FD_STAGES.items():
+    case(_name, help=_help)(functools.partial(_run, precision="fp32"))
+for _name in _FD_STAGES:
+    case(f"{_name}-bf16", help=f"as {_name}, after: precision bf16 (before: fp32, which has no such option)")(
+        functools.partial(_FD_STAGES[_name][0], precision="bf16"))
+
+
+@case("predicir", help="PrediCIR (default model, batch 64): crops through the frozen image tower, predictor, "
+                       "pseudo-word alignment through the text tower")
+def _predicir(b: Budget) -> dict[str, Any]:
+    from cirlab.backbones import create_backbone
+    from cirlab.train.predicir import PrediCIRTrainConfig, WorldViewData, train_predicir
+
+    backbone = _once(f"bb|{b.backbone}", lambda: create_backbone(b.backbone))
+    data = _once(f"views|{b.world}", lambda: WorldViewData(b.world / "train", backbone, 1024, progress=False))
+    steps = 2 if b.warmup else (12 if b.quick else 40)
+    cfg = PrediCIRTrainConfig(steps=steps, log_every=10_000)
+    return {"samples": steps * cfg.batch_size, **timed(lambda: train_predicir(backbone, data, cfg, None,
+                                                                              progress=False))}
 
 
 # -- driver ------------------------------------------------------------------------------------------------------

@@ -134,6 +134,12 @@ class Backbone(nn.Module, abc.ABC):
     def forward_image_tokens(self, pixels: torch.Tensor) -> torch.Tensor:
         """(B, C, H, W) -> (B, N, token width) patch tokens of the image encoder's last layer."""
 
+    def forward_image_tokens_and_features(self, pixels: torch.Tensor, normalize: bool = True
+                                          ) -> tuple[torch.Tensor, torch.Tensor]:
+        """``(forward_image_tokens(pixels), forward_images(pixels, normalize))``; a backbone whose image
+        tower yields both in one pass overrides this to run it once."""
+        return self.forward_image_tokens(pixels), self.forward_images(pixels, normalize)
+
     def token_embedding_weight(self) -> torch.Tensor:
         """(vocab, token_dim) matrix of the text encoder's input token embeddings."""
         raise NotImplementedError(f"{type(self).__name__} does not expose its token embeddings")

@@ -237,6 +237,11 @@ class TinyBackbone(Backbone):
     def forward_image_tokens(self, pixels: torch.Tensor) -> torch.Tensor:
         return self.visual.tokens(pixels)[:, 1:]
 
+    def forward_image_tokens_and_features(self, pixels: torch.Tensor, normalize: bool = True
+                                          ) -> tuple[torch.Tensor, torch.Tensor]:
+        x = self.visual.tokens(pixels)  # one pass: the class token gives the feature, the rest the patch tokens
+        return x[:, 1:], finish(self.visual.proj(x[:, 0]), normalize)
+
     def forward_texts(self, tokens: dict[str, torch.Tensor], normalize: bool = True) -> torch.Tensor:
         ids = tokens["input_ids"]
         x = self.text.embed(ids)

@@ -17,6 +17,9 @@ def _common(p: argparse.ArgumentParser) -> None:
     p.add_argument("--resume", action="store_true", help="continue from OUT's train_state.* if present")
     p.add_argument("--threads", type=int, default=None, help="torch CPU threads (small models: 1 is often fastest)")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
+    p.add_argument("--precision", choices=("fp32", "bf16"), default="fp32",
+                   help="forward-pass precision: fp32 (default) or bf16 autocast (faster on CPUs with AMX / "
+                        "AVX512-BF16, slower without; not bit-exact, see docs/fusion-diff.md)")
 
 
 def register_fusion_diff_training(tsub: argparse._SubParsersAction) -> None:
@@ -76,7 +79,7 @@ def run_prior(args: argparse.Namespace) -> int:
     cfg = PriorTrainConfig(steps=args.steps, batch_size=args.batch_size, lr=args.lr, width=args.width,
                            depth=args.depth, prediction=args.prediction, cond_dropout=args.cond_dropout,
                            timesteps=args.timesteps, beta_schedule=args.beta_schedule, max_images=args.max_images,
-                           seed=args.seed, save_every=args.save_every)
+                           seed=args.seed, save_every=args.save_every, precision=args.precision)
     data = pair_data(backbone, args.data, args.out / "cache", args.max_images, not args.quiet)
     ck = train_prior(backbone, data, cfg, args.out, resume=args.resume, progress=not args.quiet)
     st = ck.training["stage1"]
@@ -106,13 +109,14 @@ def run_adapter(args: argparse.Namespace) -> int:
         prior_ck = load_fusion_diff(args.prior, backbone)
     else:
         pcfg = PriorTrainConfig(steps=args.prior_steps, batch_size=args.batch_size, lr=args.lr, seed=args.seed,
-                                width=256, depth=4, save_every=args.save_every)
+                                width=256, depth=4, save_every=args.save_every, precision=args.precision)
         data = pair_data(backbone, args.data, args.out / "cache", None, not args.quiet)
         prior_ck = train_prior(backbone, data, pcfg, args.out / "prior", resume=args.resume, progress=not args.quiet)
     cfg = AdapterTrainConfig(triplets=args.triplets, steps=args.steps, batch_size=args.batch_size, lr=args.lr,
                              fusion_hidden=args.fusion_hidden, adapter_hidden=args.adapter_hidden,
                              adapter_layers=args.adapter_layers, align_weight=args.align_weight,
                              generator=args.generator, seed=args.seed, save_every=args.save_every,
+                             precision=args.precision,
                              sampling=SamplingConfig(steps=args.sample_steps, samples=args.samples, mix=args.mix))
     banned = heldout_combos(args.data) if args.data else []
     res = world_resolution(args.data) if args.data else 64

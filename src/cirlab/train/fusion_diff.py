@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 import os
 import time
 from collections.abc import Callable
@@ -57,6 +58,7 @@ from ..methods.fusion_diff import (
 from .estimate import RunEstimate
 from .features import triplet_features
 from .losses import contrastive_loss
+from .optim import adamw, autocast, check_precision
 from .zeroshot import ZEROSHOT_TRAINERS, ZeroShotContext
 
 
@@ -76,6 +78,10 @@ class PriorTrainConfig:
     seed: int = 0
     log_every: int = 100
     save_every: int = 1000
+    precision: str = "fp32"               # forward pass: fp32 (exact) or bf16 (autocast; see cirlab.train.optim)
+
+    def __post_init__(self) -> None:
+        check_precision(self.precision, "fusion-diff prior precision")
 
 
 @dataclass
@@ -95,6 +101,10 @@ class AdapterTrainConfig:
     seed: int = 0
     log_every: int = 100
     save_every: int = 1000
+    precision: str = "fp32"               # forward pass: fp32 (exact) or bf16 (autocast; see cirlab.train.optim)
+
+    def __post_init__(self) -> None:
+        check_precision(self.precision, "fusion-diff adapter precision")
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -131,8 +141,9 @@ def fit(params: list[torch.nn.Parameter], loss_fn: Callable[[torch.Generator], d
         steps: int, lr: float, weight_decay: float, seed: int, log_every: int, desc: str,
         out: Path | None = None, save_every: int = 0, save: Callable[[list], None] | None = None,
         resume: bool = False, progress: bool = True) -> list[dict[str, Any]]:
-    """Minimise ``loss_fn(generator)["loss"]`` over ``params`` with AdamW; returns the log (mean loss per window)."""
-    opt = torch.optim.AdamW(params, lr=lr, weight_decay=weight_decay)
+    """Minimise ``loss_fn(generator)["loss"]`` over ``params`` with AdamW (fused); returns the log (mean loss per
+    window)."""
+    opt = adamw(params, lr=lr, weight_decay=weight_decay)
     gen = torch.Generator().manual_seed(seed)
     start, log = 0, []
     if resume and out is not None and (out / "train_state.json").is_file():
@@ -178,13 +189,32 @@ class PairData:
     caption_rows: list[list[int]]
     source: str
 
+    _table: tuple[torch.Tensor, torch.Tensor, int] | None = field(default=None, init=False, repr=False)
+
     def sample(self, n: int, gen: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
+        """``n`` random images, each with one of its captions drawn uniformly.
+
+        The caption draws are one ``randint(0, L)`` call, ``L`` the least common multiple of the caption
+        counts, reduced modulo each image's count: torch's CPU generator turns a ``randint(0, k)`` into
+        ``r % k`` of one 32-bit draw ``r`` per element, in order, and ``(r % L) % k == r % k`` when ``k``
+        divides ``L``, so this draws exactly what one ``randint(0, len(captions))`` per image would."""
         idx = torch.randint(0, len(self.image), (n,), generator=gen)
-        rows = []
-        for i in idx.tolist():
-            opts = self.caption_rows[i]
-            rows.append(opts[int(torch.randint(0, len(opts), (1,), generator=gen))])
-        return self.image[idx], self.text[rows]
+        rows, counts, lcm = self._caption_table()
+        if lcm < 2 ** 32:
+            pick = torch.randint(0, lcm, (n,), generator=gen) % counts[idx]
+            return self.image[idx], self.text[rows[idx, pick]]
+        picks = [self.caption_rows[i][int(torch.randint(0, len(self.caption_rows[i]), (1,), generator=gen))]
+                 for i in idx.tolist()]
+        return self.image[idx], self.text[picks]
+
+    def _caption_table(self) -> tuple[torch.Tensor, torch.Tensor, int]:
+        """(rows (N, max captions) padded with the first, counts (N,), lcm of the counts)."""
+        if self._table is None:
+            width = max(len(r) for r in self.caption_rows)
+            rows = torch.tensor([r + r[:1] * (width - len(r)) for r in self.caption_rows], dtype=torch.long)
+            counts = torch.tensor([len(r) for r in self.caption_rows], dtype=torch.long)
+            self._table = (rows, counts, math.lcm(*{len(r) for r in self.caption_rows}))
+        return self._table
 
 
 def pair_data(backbone: Backbone, source: str | Path, cache_dir: str | Path, max_images: int | None = None,
@@ -275,7 +305,8 @@ def train_prior(backbone: Backbone, data: PairData, cfg: PriorTrainConfig, out: 
 
     def loss(gen: torch.Generator) -> dict[str, torch.Tensor]:
         img, txt = data.sample(cfg.batch_size, gen)
-        return {"loss": denoising_loss(pipe, img, prior.drop_text(txt, gen), gen)}
+        with autocast(cfg.precision):
+            return {"loss": denoising_loss(pipe, img, prior.drop_text(txt, gen), gen)}
 
     prior.train()
     t0 = time.time()
@@ -368,11 +399,12 @@ def train_adapter(backbone: Backbone, prior_ck: FusionDiffCheckpoint, synth_dir:
     def loss(gen: torch.Generator) -> dict[str, torch.Tensor]:
         idx = torch.randint(0, len(feats), (cfg.batch_size,), generator=gen)
         ref, txt, tgt = feats.reference[idx], feats.text[idx], feats.target[idx]
-        fused = fusion(ref, txt)
-        diff = denoising_loss(pipe, tgt, txt, gen, fused)
+        with autocast(cfg.precision):
+            fused = fusion(ref, txt)
+            diff = denoising_loss(pipe, tgt, txt, gen, fused)
         out = {"loss": diff, "denoise": diff.detach()}
         if cfg.align_weight > 0:
-            align = contrastive_loss(fused, tgt, scale, target_ids=feats.target_ids[idx])
+            align = contrastive_loss(fused.float(), tgt, scale, target_ids=feats.target_ids[idx])
             out["loss"] = diff + cfg.align_weight * align
             out["align"] = align.detach()
         return out

@@ -51,6 +51,7 @@ from ..methods.predicir.views import (
 )
 from ..methods.textual_inversion.prompts import get_templates
 from .estimate import RunEstimate
+from .optim import adamw
 from .zeroshot import ZEROSHOT_TRAINERS, ZeroShotContext
 
 
@@ -149,6 +150,7 @@ class PrediCIRTrainer:
         torch.manual_seed(cfg.seed)
         self.model: PrediCIRModel = new_model(backbone, cfg.width, cfg.depth, cfg.heads, cfg.fuse_hidden
                                               ).to(backbone.device)
+        self._image_tokens: dict[str, torch.Tensor] | None = None
 
     def draw(self, idx: torch.Tensor, gen: torch.Generator
              ) -> tuple[list[CropBox], list[int], list[bool], list[bool]]:
@@ -160,14 +162,28 @@ class PrediCIRTrainer:
         dropped = (torch.rand(len(idx), generator=gen) < self.cfg.action_dropout).tolist()
         return boxes, choice, in_prompt, dropped
 
+    def prompt_tokens(self, idx: torch.Tensor, choice: list[int], in_prompt: list[bool]) -> dict[str, torch.Tensor]:
+        """The tokenised training prompts: ``"... $ that {caption}"`` where ``in_prompt``, else the image prompt.
+        A batch of image prompts only (the default, ``caption_in_prompt=0``) reuses one tokenisation."""
+        bb, d = self.backbone, self.data
+        if not any(in_prompt):
+            if self._image_tokens is None:
+                self._image_tokens = bb.tokenize([self.prompts.image_prompt(bb.placeholder)])
+            return {k: v.repeat(len(idx), *([1] * (v.dim() - 1))) for k, v in self._image_tokens.items()}
+        texts = []
+        for i, j, use in zip(idx.tolist(), choice, in_prompt):
+            cap = d.captions[i][j % len(d.captions[i])]
+            texts.append(self.prompts.query_prompt(cap, bb.placeholder) if use
+                         else self.prompts.image_prompt(bb.placeholder))
+        return bb.tokenize(texts)
+
     def losses(self, idx: torch.Tensor, boxes: list[CropBox], choice: list[int], in_prompt: list[bool],
                dropped: list[bool] | None = None) -> dict[str, torch.Tensor]:
         d, bb, dev = self.data, self.backbone, self.backbone.device
         pixels = d.pixels[idx].float().to(dev)
         views = source_views(pixels, boxes, d.patch, self.cfg.views.fill)
         with torch.no_grad():
-            src_tokens = bb.forward_image_tokens(views).float()
-            src_global = bb.forward_images(views).float()
+            src_tokens, src_global = (x.float() for x in bb.forward_image_tokens_and_features(views))
         visible = visible_masks(boxes, d.grid).to(dev)
         action = d.caption_features[idx, torch.tensor(choice)]
         if dropped is not None and any(dropped):
@@ -178,12 +194,7 @@ class PrediCIRTrainer:
         per_patch = F.smooth_l1_loss(pred, target, reduction="none").mean(-1)
         weight = torch.where(visible, torch.full_like(per_patch, self.cfg.visible_weight), torch.ones_like(per_patch))
         prediction = (per_patch * weight).sum() / weight.sum()
-        texts = []
-        for i, j, use in zip(idx.tolist(), choice, in_prompt):
-            cap = d.captions[i][j % len(d.captions[i])]
-            texts.append(self.prompts.query_prompt(cap, bb.placeholder) if use
-                         else self.prompts.image_prompt(bb.placeholder))
-        tokens = {k: v.to(dev) for k, v in bb.tokenize(texts).items()}
+        tokens = {k: v.to(dev) for k, v in self.prompt_tokens(idx, choice, in_prompt).items()}
         txt = bb.forward_texts_pseudo(tokens, pseudo)
         tgt = F.normalize(d.target_global[idx].to(dev), dim=-1)
         logits = txt @ tgt.T / self.cfg.temperature
@@ -194,7 +205,7 @@ class PrediCIRTrainer:
     def fit(self, progress: bool = True) -> list[dict[str, Any]]:
         cfg = self.cfg
         params = list(self.model.parameters())
-        opt = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
+        opt = adamw(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
         gen = torch.Generator().manual_seed(cfg.seed)
         log: list[dict[str, Any]] = []
         sums: dict[str, float] = {}

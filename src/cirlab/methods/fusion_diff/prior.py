@@ -60,7 +60,8 @@ def timestep_embedding(t: torch.Tensor, dim: int, max_period: float = 10000.0) -
 
 
 class AdaBlock(nn.Module):
-    """``h + mlp(norm(h) * (1 + scale(c)) + shift(c))``."""
+    """``h + mlp(norm(h) * (1 + scale) + shift)`` with ``(scale, shift) = ada(silu(c))``; ``forward`` takes
+    ``silu(c)`` (computed once per network evaluation and shared by every block)."""
 
     def __init__(self, width: int) -> None:
         super().__init__()
@@ -68,8 +69,8 @@ class AdaBlock(nn.Module):
         self.ada = nn.Linear(width, 2 * width)
         self.mlp = nn.Sequential(nn.Linear(width, 2 * width), nn.GELU(), nn.Linear(2 * width, width))
 
-    def forward(self, h: torch.Tensor, c: torch.Tensor) -> torch.Tensor:
-        scale, shift = self.ada(F.silu(c)).chunk(2, dim=-1)
+    def forward(self, h: torch.Tensor, c_act: torch.Tensor) -> torch.Tensor:
+        scale, shift = self.ada(c_act).chunk(2, dim=-1)
         return h + self.mlp(self.norm(h) * (1 + scale) + shift)
 
 
@@ -97,8 +98,9 @@ class EmbeddingPrior(nn.Module):
             raise ValueError(f"prior: {len(residuals)} residuals for {len(self.blocks)} blocks")
         c = self.condition(t, text)
         h = self.in_proj(x_t) + c
+        c_act = F.silu(c)
         for i, block in enumerate(self.blocks):
-            h = block(h, c)
+            h = block(h, c_act)
             if residuals is not None:
                 h = h + residuals[i]
         return self.out(self.out_norm(h))

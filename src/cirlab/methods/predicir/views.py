@@ -91,21 +91,32 @@ def fill_values(pixels: torch.Tensor, mode: str) -> torch.Tensor:
     return border.median(dim=2).values
 
 
+def _inside(boxes: list[CropBox], rows: int, cols: int, unit: int, device: torch.device | None = None
+            ) -> torch.Tensor:
+    """(B, rows, cols) bool: True inside each box, its coordinates (in patches) times ``unit``."""
+    b = torch.tensor([[x.top, x.left, x.top + x.height, x.left + x.width] for x in boxes],
+                     dtype=torch.long, device=device).reshape(-1, 4) * unit
+    r = torch.arange(rows, device=device)
+    c = torch.arange(cols, device=device)
+    in_r = (r[None] >= b[:, 0:1]) & (r[None] < b[:, 2:3])
+    in_c = (c[None] >= b[:, 1:2]) & (c[None] < b[:, 3:4])
+    return in_r[:, :, None] & in_c[:, None, :]
+
+
 def source_views(pixels: torch.Tensor, boxes: list[CropBox], patch: int, fill: str = "border") -> torch.Tensor:
     """(B, C, H, W) preprocessed images -> source views: inside each box unchanged, outside the fill colour."""
     if len(boxes) != len(pixels):
         raise CirlabError(f"{len(boxes)} crop boxes for {len(pixels)} images")
-    keep = torch.zeros(pixels.shape[0], 1, *pixels.shape[2:], dtype=torch.bool, device=pixels.device)
-    for b, box in enumerate(boxes):
-        y0, x0, y1, x1 = box.pixels(patch)
-        keep[b, :, y0:y1, x0:x1] = True
+    keep = _inside(boxes, pixels.shape[2], pixels.shape[3], patch, pixels.device).unsqueeze(1)
     fillv = fill_values(pixels, fill)[:, :, None, None].to(pixels.dtype)
     return torch.where(keep, pixels, fillv)
 
 
 def visible_masks(boxes: list[CropBox], grid: int) -> torch.Tensor:
     """(B, grid*grid) bool, True inside each box."""
-    return torch.stack([b.visible(grid) for b in boxes])
+    for box in boxes:
+        box.check(grid)
+    return _inside(boxes, grid, grid, 1).flatten(1)
 
 
 __all__ = ["CropBox", "ViewConfig", "fill_values", "sample_crop", "source_views", "visible_masks"]
