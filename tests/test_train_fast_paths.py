@@ -205,3 +205,15 @@ def test_clip_tower_skips_work_whose_result_it_never_reads(tiny_config, texts):
     bb.eval()
     with torch.no_grad():  # the inference path (texts without pseudo words)
         assert torch.allclose(bb.forward_texts(tok, normalize=False), reference(replace=False), atol=1e-5)
+
+
+@pytest.mark.parametrize("encoder", ["mean", "clip"])
+def test_encode_texts_in_length_order_returns_each_texts_own_feature(tiny_config, encoder):
+    from dataclasses import replace
+
+    bb = create_backbone("tiny:random", config=replace(tiny_config, text_encoder=encoder))
+    texts = [t.replace("$", "red") for t in _texts(70)]
+    batched = bb.encode_texts(texts, batch_size=16)
+    with torch.no_grad():
+        one_by_one = torch.cat([bb.forward_texts(bb.tokenize([t])) for t in texts])
+    assert torch.allclose(batched, one_by_one, atol=1e-5)

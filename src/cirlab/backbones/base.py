@@ -175,12 +175,18 @@ class Backbone(nn.Module, abc.ABC):
         """Texts -> (N, D) float32 embeddings on the CPU (normalised unless ``normalize=False``)."""
         was_training = self.training
         self.eval()
+        # texts of similar length share a batch (cut to its longest) when padding cannot change a feature
+        order = sorted(range(len(texts)), key=lambda i: len(texts[i])) if self.trailing_padding_free \
+            else list(range(len(texts)))
         out = []
         for start in tqdm(range(0, len(texts), batch_size), desc="encode texts", disable=not progress):
-            tokens = {k: v.to(self.device) for k, v in self.tokenize(list(texts[start:start + batch_size])).items()}
+            batch = [texts[i] for i in order[start:start + batch_size]]
+            tokens = {k: v.to(self.device) for k, v in self.tokenize(batch).items()}
             out.append(self.forward_texts(tokens, normalize=normalize).float().cpu())
         self.train(was_training)
-        return torch.cat(out) if out else torch.empty(0, self.embed_dim)
+        if not out:
+            return torch.empty(0, self.embed_dim)
+        return torch.cat(out)[torch.argsort(torch.tensor(order))]
 
     def fingerprint(self) -> str:
         """A short hash of the weights, for feature caches (changes when any weight changes)."""
