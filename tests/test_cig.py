@@ -171,9 +171,16 @@ def test_zero_shot_trainer_trains_searle_and_writes_a_working_spec(small_world, 
     with pytest.raises(CirlabError, match="fusion-diff"):
         ZEROSHOT_TRAINERS.get("cig")(ZeroShotContext(tiny_backbone, small_world, tmp_path / "cig3", quick=True,
                                                      progress=False, options={"cig": {"generator": "fusion-diff"}}))
-    [res] = evaluate_methods(load_dataset(small_world / "test"), tiny_backbone, [spec], tmp_path / "index",
-                             progress=False)
-    assert 0.0 <= res.metrics["recall@1"] <= res.metrics["recall@10"] <= 100.0
+    test = load_dataset(small_world / "test")
+    [res] = evaluate_methods(test, tiny_backbone, [spec], tmp_path / "index", progress=False)
+    # what evaluate reports is the recall of CIG's own queries (one query of slack for near ties)
+    from recall_by_hand import recall_by_hand
+
+    from cirlab.methods import create_method
+
+    n = len([t for t in test.triplets if t.targets])
+    by_hand = recall_by_hand(create_method(spec, tiny_backbone), test, tiny_backbone)
+    assert res.metrics["recall@10"] == pytest.approx(by_hand, abs=100 / n + 0.01), by_hand
 
 
 def test_composed_training_prompt_rebuilds_the_image_description(small_world):

@@ -247,17 +247,24 @@ def test_checkpoint_round_trip_gives_identical_queries(trained, small_world, tmp
 
 
 def test_method_end_to_end_through_evaluate_methods(trained, small_world, tmp_path):
+    from recall_by_hand import recall_by_hand
+
     from cirlab.data import load_dataset
     from cirlab.eval.evaluate import evaluate_methods
+    from cirlab.methods import create_method
 
     backbone, spec, _ = trained
     ds = load_dataset(small_world / "test")
     res = evaluate_methods(ds, backbone, ["image", spec, f"{spec},mix=0"], tmp_path / "idx", progress=False)
     assert [r.method for r in res] == ["image", spec, f"{spec},mix=0"]
+    n = len([t for t in ds.triplets if t.targets])
     for r in res:
         assert set(r.metrics) >= {"recall@1", "recall@5", "recall@10", "recall@50", "map@10"}
-        assert 0 <= r.metrics["recall@1"] <= r.metrics["recall@10"] <= r.metrics["recall@50"] <= 100
-        assert len(r.rankings) == len([t for t in ds.triplets if t.targets])
+        assert len(r.rankings) == n
+        # what evaluate reports is the recall of the method's own queries (one query of slack for near ties);
+        # whether the trained method retrieves well is tests/test_learned_methods.py's check
+        by_hand = recall_by_hand(create_method(r.method, backbone), ds, backbone)
+        assert r.metrics["recall@10"] == pytest.approx(by_hand, abs=100 / n + 0.01), (r.method, by_hand)
     assert res[1].config["method"]["stage"] == 2
 
 

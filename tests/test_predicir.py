@@ -207,8 +207,14 @@ def test_method_end_to_end(trained, small_world, tmp_path):
     assert torch.allclose(q, want, atol=1e-5)
     assert torch.allclose(q.norm(dim=-1), torch.ones(5), atol=1e-5)
     (res,) = evaluate_methods(test, backbone, [f"predicir:{out}"], tmp_path / "index", progress=False)
-    assert res.config["queries"] == len([t for t in test.triplets if t.targets])
-    assert 0.0 <= res.metrics["recall@1"] <= res.metrics["recall@10"] <= res.metrics["recall@50"] <= 100.0
+    n = len([t for t in test.triplets if t.targets])
+    assert res.config["queries"] == n
+    # what evaluate reports is the recall of these queries (one query of slack for near ties); whether the
+    # pseudo word uses the predicted content is tests/test_learned_methods.py's check
+    from recall_by_hand import recall_by_hand
+
+    by_hand = recall_by_hand(method, test, backbone)
+    assert res.metrics["recall@10"] == pytest.approx(by_hand, abs=100 / n + 0.01), by_hand
 
 
 
