@@ -93,7 +93,11 @@ def test_training_lowers_loss(small_world, tmp_path):
     model = create_backbone(f"tiny:{tmp_path / 'tb'}")
     assert model.embed_dim == 16
     n = min(1000, len(read_gallery(small_world / "val")))
-    assert summary["eval"]["i2t_recall@5"] > 2 * 100 * 5 / n  # twice chance on unseen val pairs
+    # held-out val pairs (190 images, chance R@5 2.6): seeds 0 / 1 / 2 of this config measured i2t R@5 17.89 /
+    # 13.68 / 6.84 and t2i R@5 21.58 / 18.95 / 11.58 (shared machine, load ~6); the bar is twice chance, the
+    # most the seed spread allows at 120 steps (seed 2 sits 1.6 above it)
+    assert summary["eval"]["i2t_recall@5"] > 2 * 100 * 5 / n
+    assert summary["eval"]["t2i_recall@5"] > 2 * 100 * 5 / n
 
 
 def _clip_config(tiny_config):
