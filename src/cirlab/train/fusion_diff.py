@@ -22,7 +22,6 @@ Both stages write a checkpoint directory (safetensors + config.json) and, every
 """
 from __future__ import annotations
 
-import hashlib
 import json
 import math
 import os
@@ -56,7 +55,7 @@ from ..methods.fusion_diff import (
     load_fusion_diff,
 )
 from .estimate import RunEstimate
-from .features import triplet_features
+from .features import cached_text_features, triplet_features
 from .losses import contrastive_loss
 from .optim import adamw, autocast, check_precision
 from .zeroshot import ZEROSHOT_TRAINERS, ZeroShotContext
@@ -219,7 +218,8 @@ class PairData:
 
 def pair_data(backbone: Backbone, source: str | Path, cache_dir: str | Path, max_images: int | None = None,
               progress: bool = True) -> PairData:
-    """Image-caption pairs of a gallery as features (images cached as an index under ``cache_dir``)."""
+    """Image-caption pairs of a gallery as features (images cached as an index under ``cache_dir`` and in the
+    shared feature cache, captions in the shared text-feature cache: a later seed encodes neither)."""
     root = Path(source)
     if not root.exists():
         raise CirlabError(f"{root}: no such dataset directory or gallery")
@@ -245,24 +245,8 @@ def pair_data(backbone: Backbone, source: str | Path, cache_dir: str | Path, max
                 texts.append(x)
             r.append(pos[x])
         rows.append(r)
-    text = F.normalize(cached_text_features(backbone, texts, Path(cache_dir), progress).float(), dim=-1)
+    text = cached_text_features(backbone, texts, progress=progress).float()  # shared cache: once per world
     return PairData(image, text, rows, str(root))
-
-
-def cached_text_features(backbone: Backbone, texts: list[str], cache_dir: Path, progress: bool = True
-                         ) -> torch.Tensor:
-    """``backbone.encode_texts(texts)``, stored under ``cache_dir`` (keyed by the weights and the texts)."""
-    key = hashlib.sha256("\n".join([backbone.fingerprint(), *texts]).encode()).hexdigest()[:16]
-    path = cache_dir / f"texts-{key}.safetensors"
-    if path.is_file():
-        feats = load_file(str(path))["features"]
-        if len(feats) == len(texts):
-            return feats
-    feats = backbone.encode_texts(texts, progress=progress)
-    cache_dir.mkdir(parents=True, exist_ok=True)
-    save_file({"features": feats.contiguous()}, str(path.with_suffix(".tmp")))
-    os.replace(path.with_suffix(".tmp"), path)
-    return feats
 
 
 def new_prior(dim: int, cfg: PriorTrainConfig) -> tuple[EmbeddingPrior, DDIMScheduler]:
