@@ -49,6 +49,23 @@ def test_describing_texts_name_what_the_target_shows():
     assert any("no blue star" in t for t in texts)
 
 
+def test_full_describing_texts_name_every_unchanged_object_partial_ones_at_most_one():
+    ref = Scene.of([Obj(0, "circle", "red", "large"), Obj(4, "star", "blue", "small"),
+                    Obj(8, "square", "gray", "large")])
+    ops = [{"op": "set", "cell": 0, "colour": "green"}]
+    target = apply_ops(ref, ops)
+    unchanged = ("blue star", "gray square")
+    for seed in range(40):
+        full = phrase(ref, target, ops, "x", "describing", random.Random(seed), detail="full").text
+        assert all(u in full for u in unchanged) and {"green", "circle"} <= set(WordTokenizer.words(full)), full
+        assert "describing/context-all" in phrase(ref, target, ops, "x", "describing", random.Random(seed),
+                                                  detail="full").templates
+        partial = phrase(ref, target, ops, "x", "describing", random.Random(seed)).text
+        assert sum(u in partial for u in unchanged) <= 1, partial
+    with pytest.raises(ValueError, match="describing detail"):
+        phrase(ref, target, ops, "x", "describing", random.Random(0), detail="everything")
+
+
 def test_changes_replay_the_ops():
     ref = Scene.of([Obj(0, "circle", "red", "large"), Obj(4, "star", "blue", "small")])
     ops = [{"op": "set", "cell": 0, "to_cell": 8}, {"op": "add", "object": ["square", "gray", "small", 2]}]
@@ -93,6 +110,25 @@ def test_legacy_config_reads_and_generates_procedural_flat_worlds():
     assert [(r["reference"], r["targets"], r["meta"]["ops"]) for r in rows] == \
            [(r["reference"], r["targets"], r["meta"]["ops"]) for r in new_rows]
     assert [r["caption"] for r in rows] == [r["meta"]["texts"]["procedural"] for r in new_rows]
+
+
+def test_config_without_describing_reads_as_the_first_format_2_texts():
+    """A format-2 world written before ``describing`` existed keeps its texts; the default names more of the target."""
+    from cirlab.errors import CirlabError
+
+    old = WorldConfig().small(60).to_dict()
+    del old["describing"]
+    cfg = WorldConfig.from_dict(old)
+    assert cfg.describing == "partial"
+    _, rows = generate_split(cfg, "test")
+    _, new_rows = generate_split(WorldConfig().small(60), "test")
+    assert [(r["reference"], r["targets"], r["meta"]["register"]) for r in rows] == \
+           [(r["reference"], r["targets"], r["meta"]["register"]) for r in new_rows]
+    assert [r["meta"]["texts"]["procedural"] for r in rows] == [r["meta"]["texts"]["procedural"] for r in new_rows]
+    words = lambda rs: sum(len(r["meta"]["texts"]["describing"].split()) for r in rs)  # noqa: E731
+    assert words(new_rows) > 1.3 * words(rows)
+    with pytest.raises(CirlabError, match="describing"):
+        WorldConfig(describing="everything")
 
 
 def test_camera_effects_are_deterministic_and_outside_the_style():

@@ -16,7 +16,9 @@ Texts: every query is worded in the three registers of ``phrasing`` (``meta.text
 caption is the one of ``meta.register``, drawn with ``registers`` weights. Images: the splits are
 drawn through the world's camera (``effects``, see ``scene.Effects``), which no generator
 ``Style`` reproduces. A config written before registers and effects existed (format 1) reads as
-``registers = {"procedural": 1}`` and no effects, and gives the same queries and texts as then.
+``registers = {"procedural": 1}`` and no effects, and gives the same queries and texts as then; one
+written before ``describing`` existed reads as ``describing = "partial"`` (format 2 as first
+written: describing texts name the change and sometimes one other object).
 """
 from __future__ import annotations
 
@@ -33,7 +35,7 @@ from ..data.jsonl import write_jsonl
 from ..fileutil import FIXED_MTIME_NS, LOCK_NAME, DirLock, atomic_write_text, seal
 from ..errors import CirlabError
 from .edits import EDIT_KINDS, SINGLE_EDITS, EditResult, make_edit, one_attribute_away
-from .phrasing import REGISTERS, phrase
+from .phrasing import DETAILS, REGISTERS, phrase
 from .scene import DEFAULT_STYLE, NO_EFFECTS, REAL_EFFECTS, Effects, Scene, Style, caption, random_scene, render
 
 SPLITS = ("train", "val", "test")
@@ -41,7 +43,7 @@ SINGLE_KINDS = tuple(SINGLE_EDITS)
 SPLIT_SALT = {"train": 1, "val": 2, "test": 3}
 WORLD_FORMAT = 2  # 2: registers and camera effects
 #: what a config written before a field existed meant by it (old worlds stay readable)
-LEGACY = {"registers": {"procedural": 1.0}, "effects": NO_EFFECTS.to_dict()}
+LEGACY = {"registers": {"procedural": 1.0}, "effects": NO_EFFECTS.to_dict(), "describing": "partial"}
 MIN_RESOLUTION = 8
 #: written when a split starts, removed when its dataset.json lands: an interrupted split resumes only
 #: with the settings it was started with
@@ -67,6 +69,7 @@ class WorldConfig:
     registers: dict[str, float] = field(default_factory=lambda: {"procedural": 1.0, "describing": 1.0,
                                                                   "casual": 1.0})
     effects: dict[str, float] = field(default_factory=REAL_EFFECTS.to_dict)
+    describing: str = "full"             # what describing texts name besides the change (phrasing.DETAILS)
 
     @property
     def camera(self) -> Effects:
@@ -77,6 +80,8 @@ class WorldConfig:
                 not any(isinstance(w, (int, float)) and w > 0 for w in self.registers.values()):
             raise CirlabError(f"world config: registers {self.registers!r}: weights of {', '.join(REGISTERS)}, "
                               f"at least one positive")
+        if self.describing not in DETAILS:
+            raise CirlabError(f"world config: describing {self.describing!r}: one of {', '.join(DETAILS)}")
         if not isinstance(self.effects, dict) or set(self.effects) - set(Effects.__dataclass_fields__):
             raise CirlabError(f"world config: effects {self.effects!r}: known effects are "
                               f"{', '.join(Effects.__dataclass_fields__)}")
@@ -116,7 +121,7 @@ class WorldConfig:
                            underspecified=self.underspecified, max_alternatives=self.max_alternatives,
                            heldout=list(self.heldout), kind_weights=dict(self.kind_weights),
                            captions_per_image=self.captions_per_image, registers=dict(self.registers),
-                           effects=dict(self.effects))
+                           effects=dict(self.effects), describing=self.describing)
 
 
 class _GalleryBuilder:
@@ -189,7 +194,7 @@ def generate_split(cfg: WorldConfig, split: str) -> tuple[dict[str, Scene], list
             register = prng.choices(registers, [cfg.registers[r] for r in registers])[0]
             ref = gal.scenes[ref_id]
             words = {r: phrase(ref, res.target, res.ops, res.text, r, prng, human=True,
-                               underspecified=res.underspecified) for r in REGISTERS}
+                               underspecified=res.underspecified, detail=cfg.describing) for r in REGISTERS}
             text = words[register].text
             meta.update({"register": register, "texts": {r: w.text for r, w in words.items()},
                          "phrasing": list(words[register].templates), "human_only": words[register].human_only})

@@ -6,8 +6,10 @@ texts are relative and casual ("same but the circle is blue pls"). ``phrase`` wo
 (the reference scene and the edit's ``ops``) in a register:
 
 - ``procedural``: the edit's own text (``EditResult.text``);
-- ``describing``: what the *target* shows: the changed objects (and, often, one unchanged
-  object or the number of shapes), so the text alone carries information about the target;
+- ``describing``: what the *target* shows: the changed objects and, by ``detail``, either
+  sometimes one unchanged object (``partial``, format-2 worlds) or every unchanged object by
+  colour and shape (``full``, as FashionIQ / CIRR texts name what sets the target apart), so the
+  text alone carries information about the target;
 - ``casual``: relative to the reference, loose references ("the circle", "the red one"),
   fillers and politeness.
 
@@ -28,6 +30,9 @@ from .scene import CELLS, Obj, Scene
 REGISTERS: tuple[str, ...] = ("procedural", "describing", "casual")
 NUMBERS = ("no", "one", "two", "three", "four", "five", "six")
 DESCRIBING_VERBS = {"has", "shows", "contains", "also"}
+#: how much of the target a describing text names besides the changed objects: ``partial`` sometimes one
+#: unchanged object (format-2 worlds); ``full`` every unchanged object, by colour and shape
+DETAILS: tuple[str, ...] = ("partial", "full")
 
 
 @dataclass(frozen=True)
@@ -156,9 +161,32 @@ def _fields(ref: Scene, target: Scene, c: Change) -> dict[str, str]:
     return f
 
 
+def _context(text: str, ids: list[str], ref: Scene, target: Scene, ops: Sequence[dict[str, Any]], n_parts: int,
+             detail: str, rng: random.Random) -> str:
+    """A describing text with the unchanged objects of the target it names (see ``DETAILS``)."""
+    changed = {c.after for c in changes_of(ref, ops) if c.after is not None}
+    others = [o for o in target.objects if o not in changed]
+    lists_rest = any(w in text for w in ("only", "just", "nothing"))  # the text already lists the rest
+    if detail == "partial":
+        if n_parts == 1 and rng.random() < 0.4 and others and not lists_rest:
+            o = rng.choice(others)
+            ids.append("describing/context")
+            return text + f" and a {o.colour} {o.shape}"
+        return text
+    if detail != "full":
+        raise ValueError(f"unknown describing detail {detail!r}; known: {', '.join(DETAILS)}")
+    if not others or lists_rest:
+        return text
+    rng.shuffle(others)
+    ids.append("describing/context-all")
+    return text + rng.choice((" and ", ", also ", " next to ")) + _list(others)
+
+
 def phrase(ref: Scene, target: Scene, ops: Sequence[dict[str, Any]], procedural: str, register: str,
-           rng: random.Random, human: bool = True, underspecified: bool = False) -> Phrasing:
-    """The edit ``ref -> target`` (by ``ops``) worded in ``register``; ``human=False``: scripter phrasings only."""
+           rng: random.Random, human: bool = True, underspecified: bool = False,
+           detail: str = "partial") -> Phrasing:
+    """The edit ``ref -> target`` (by ``ops``) worded in ``register``; ``human=False``: scripter phrasings only;
+    ``detail``: how much of the target a describing text names (``DETAILS``)."""
     if register == "procedural":
         return Phrasing(register, procedural, ("procedural",), False)
     table = {"describing": DESCRIBING, "casual": CASUAL}.get(register)
@@ -176,13 +204,8 @@ def phrase(ref: Scene, target: Scene, ops: Sequence[dict[str, Any]], procedural:
         text += joiner + p
         ids.append(f"{register}/join/{n}")
         human_used |= h
-    if register == "describing" and len(parts) == 1 and rng.random() < 0.4:
-        changed = {c.after for c in changes_of(ref, ops) if c.after is not None}
-        others = [o for o in target.objects if o not in changed]
-        if others and "only" not in text and "just" not in text and "nothing" not in text:
-            o = rng.choice(others)
-            text += f" and a {o.colour} {o.shape}"
-            ids.append("describing/context")
+    if register == "describing":
+        text = _context(text, ids, ref, target, ops, len(parts), detail, rng)
     for name, table2 in (("prefix", PREFIX), ("suffix", SUFFIX)):
         n, s, h = _pick(rng, table2[register], human)
         if name == "prefix" and register == "describing" and text.split()[0] not in DESCRIBING_VERBS:
@@ -207,5 +230,5 @@ def template_words() -> set[str]:
                                    "one", "the", "a", "and", "in", "at"}
 
 
-__all__ = ["CASUAL", "Change", "DESCRIBING", "NUMBERS", "Phrasing", "REGISTERS", "changes_of", "phrase",
+__all__ = ["CASUAL", "Change", "DESCRIBING", "DETAILS", "NUMBERS", "Phrasing", "REGISTERS", "changes_of", "phrase",
            "template_words"]
