@@ -182,11 +182,17 @@ def _describing_text_only_r10(spec: str, world) -> float:
     return 100.0 * sum(any(ds.gallery.ids[j] in t.targets for j in row) for row, t in zip(top, desc)) / len(desc)
 
 
-def test_shipped_alt_text_checkpoint_reads_target_descriptions(small_world):
-    """tiny:alt (CLIP text tower on alt-text, image tower of tiny:world locked) finds targets from describing texts
-    far better than tiny:world, whose text tower saw full captions only (measured 42.9 vs 17.9 on this world)."""
+def test_shipped_alt_text_checkpoint_reads_target_descriptions(tmp_path):
+    """tiny:alt (CLIP text tower on alt-text, image tower of tiny:world locked) finds targets from partial describing
+    texts (the change and sometimes one other object) far better than tiny:world, whose text tower saw full captions
+    only (measured 42.9 vs 17.9 on this world). Texts that name every object with its size and place read like those
+    full captions, and there both do well (82.1 vs 78.6), so the check runs on the partial texts."""
+    from cirlab.world import WorldConfig, generate_world
+
+    world = tmp_path / "world"
+    generate_world(world, WorldConfig(seed=3, describing="partial").small(60), ("test",), progress=False)
     alt = create_backbone("tiny:alt")
     assert alt.config.text_encoder == "clip"
     for k, v in create_backbone("tiny:world").visual.state_dict().items():
         torch.testing.assert_close(alt.visual.state_dict()[k], v)  # the locked image tower
-    assert _describing_text_only_r10("tiny:alt", small_world) > _describing_text_only_r10("tiny:world", small_world) + 10
+    assert _describing_text_only_r10("tiny:alt", world) > _describing_text_only_r10("tiny:world", world) + 10

@@ -69,7 +69,7 @@ class WorldConfig:
     registers: dict[str, float] = field(default_factory=lambda: {"procedural": 1.0, "describing": 1.0,
                                                                   "casual": 1.0})
     effects: dict[str, float] = field(default_factory=REAL_EFFECTS.to_dict)
-    describing: str = "full"             # what describing texts name besides the change (phrasing.DETAILS)
+    describing: str = "placed"           # what describing texts name besides the change (phrasing.DETAILS)
 
     @property
     def camera(self) -> Effects:

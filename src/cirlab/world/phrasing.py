@@ -32,7 +32,7 @@ NUMBERS = ("no", "one", "two", "three", "four", "five", "six")
 DESCRIBING_VERBS = {"has", "shows", "contains", "also"}
 #: how much of the target a describing text names besides the changed objects: ``partial`` sometimes one
 #: unchanged object (format-2 worlds); ``full`` every unchanged object, by colour and shape
-DETAILS: tuple[str, ...] = ("partial", "full")
+DETAILS: tuple[str, ...] = ("partial", "full", "placed")
 
 
 @dataclass(frozen=True)
@@ -136,8 +136,8 @@ def _pick(rng: random.Random, options: list[tuple[str, bool]], human: bool) -> t
     return rng.choice(allowed)
 
 
-def _list(objs: Sequence[Obj]) -> str:
-    nouns = [f"a {o.colour} {o.shape}" for o in objs]
+def _list(objs: Sequence[Obj], placed: bool = False) -> str:
+    nouns = [f"a {o.size} {o.colour} {o.shape} {_at(o.cell)}" if placed else f"a {o.colour} {o.shape}" for o in objs]
     return nouns[0] if len(nouns) == 1 else ", ".join(nouns[:-1]) + " and " + nouns[-1]
 
 
@@ -173,13 +173,13 @@ def _context(text: str, ids: list[str], ref: Scene, target: Scene, ops: Sequence
             ids.append("describing/context")
             return text + f" and a {o.colour} {o.shape}"
         return text
-    if detail != "full":
+    if detail not in DETAILS:
         raise ValueError(f"unknown describing detail {detail!r}; known: {', '.join(DETAILS)}")
     if not others or lists_rest:
         return text
     rng.shuffle(others)
     ids.append("describing/context-all")
-    return text + rng.choice((" and ", ", also ", " next to ")) + _list(others)
+    return text + rng.choice((" and ", ", also ", " next to ")) + _list(others, placed=detail == "placed")
 
 
 def phrase(ref: Scene, target: Scene, ops: Sequence[dict[str, Any]], procedural: str, register: str,
