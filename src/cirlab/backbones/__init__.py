@@ -18,7 +18,7 @@ BACKBONES: "Registry[Backbone]" = Registry("backbone")
 
 # kind -> (module that registers it, one-line help)
 BACKBONES.declare_all(__name__, {
-    "tiny": ("tiny", "small ViT + text transformer (tiny:world, tiny:alt = shipped, tiny:<dir>, tiny:random)"),
+    "tiny": ("tiny", "small ViT + text transformer (tiny:world, tiny:alt, tiny:alt-600 = shipped, tiny:<dir>, tiny:random)"),
     "hf": ("hf", "transformers CLIP/SigLIP (hf:<hub id> or hf:<local dir>; option ,preprocess=targetpad"
                  "[,target_ratio=R])"),
     "openclip": ("openclip", "OpenCLIP (openclip:ViT-L-14/openai, openclip:<dir>, openclip:hf-hub:org/repo; "

@@ -2,7 +2,8 @@
 
 Spec: ``tiny:world`` (the checkpoint shipped in ``cirlab/assets/tiny-world``: full scene captions,
 mean-pooled text tower), ``tiny:alt`` (``cirlab/assets/tiny-alt``: the same image tower, locked, and a
-CLIP text tower trained on the world's alt-text; see docs/world.md),
+CLIP text tower trained on the world's alt-text for 200 steps; see docs/world.md), ``tiny:alt-600``
+(``cirlab/assets/tiny-alt-600``: the same recipe, 600 steps; the demo's backbone),
 ``tiny:<dir>`` (a directory with ``config.json`` + ``model.safetensors``), or
 ``tiny:random`` (random weights with the default config; for tests).
 """
@@ -293,7 +294,7 @@ class TinyBackbone(Backbone):
         return model
 
 
-SHIPPED = {"world": ASSETS / "tiny-world", "alt": ASSETS / "tiny-alt"}
+SHIPPED = {"world": ASSETS / "tiny-world", "alt": ASSETS / "tiny-alt", "alt-600": ASSETS / "tiny-alt-600"}
 
 
 @BACKBONES.register("tiny")
