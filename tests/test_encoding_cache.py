@@ -179,3 +179,29 @@ def test_draft_decoding_of_large_jpegs(tiny_backbone, tmp_path, monkeypatch):
     assert bool((cos > 0.99).all()) and not torch.equal(full, draft)
     again = encode_images(tiny_backbone, paths, batch_size=2, num_workers=0, cache=cache, progress=False, draft=True)
     assert count.n == 3 and torch.equal(again, draft)
+
+
+def test_without_worker_processes_every_core_decodes_in_order(tiny_backbone, gallery, monkeypatch):
+    """No worker process: a batch is decoded by one thread per core; the batches are the plain loader's, in order."""
+    import threading
+
+    from torch.utils.data import DataLoader
+
+    from cirlab.backbones.encoding import _Images, image_loader
+
+    monkeypatch.setattr(encoding.os, "cpu_count", lambda: 2)
+    seen: set[str] = set()
+    real = tiny_backbone.preprocess
+
+    def preprocess(img):
+        seen.add(threading.current_thread().name)
+        return real(img)
+
+    monkeypatch.setattr(tiny_backbone, "preprocess", preprocess)
+    loader = image_loader(tiny_backbone, gallery, batch_size=5, num_workers=0)
+    got = list(loader)
+    want = list(DataLoader(_Images(gallery, real), batch_size=5, shuffle=False, num_workers=0))
+    assert len(got) == len(want) == len(loader) and all(torch.equal(a, b) for a, b in zip(got, want))
+    assert seen and all(name.startswith("cirlab-decode") for name in seen)  # never on the caller's thread
+    monkeypatch.setattr(encoding.os, "cpu_count", lambda: 1)
+    assert isinstance(image_loader(tiny_backbone, gallery, batch_size=5, num_workers=0), DataLoader)

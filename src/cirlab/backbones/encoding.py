@@ -7,7 +7,8 @@ the cache keeps the raw features) but
 
 * decodes and preprocesses in DataLoader worker processes while the model runs, where that pays
   (``default_workers``: on a CPU-only machine with two cores or fewer the model already uses every
-  core, so decoding runs in the same process between batches);
+  core, so decoding runs in the same process between batches, on one thread per core: Pillow
+  releases the GIL while it decodes);
 * with ``draft=True``, decodes JPEGs much larger than the model input at a reduced DCT scale
   (``ImageBounds.draft_pixels`` = ``DRAFT_FACTOR`` x the model's input pixels, so the decoded image
   keeps at least twice the input's side): decoding a 12 MP photo for a 224 px model costs a fraction;
@@ -310,11 +311,43 @@ def default_workers(n_images: int, batch_size: int, device: torch.device | str |
     return max(1, min(4, cores - 1))
 
 
+class _ThreadedBatches:
+    """Batches of preprocessed pixels decoded by ``threads`` threads of this process, in order.
+
+    Pillow releases the GIL while it decodes and resizes, so on a machine whose cores the model's threads
+    fill, decoding a batch on every core between two model calls costs ``decode / cores`` per image
+    instead of ``decode``, without worker processes competing with the model."""
+
+    def __init__(self, dataset: "_Images", batch_size: int, threads: int) -> None:
+        self.dataset, self.batch_size, self.threads = dataset, max(1, batch_size), max(1, threads)
+
+    def __len__(self) -> int:
+        return -(-len(self.dataset) // self.batch_size)
+
+    def __iter__(self):
+        from concurrent.futures import ThreadPoolExecutor
+
+        n = len(self.dataset)
+        with ThreadPoolExecutor(self.threads, thread_name_prefix="cirlab-decode") as pool:
+            for start in range(0, n, self.batch_size):
+                # decoding the next batch while the model runs was measured slower: both want every core
+                idx = range(start, min(n, start + self.batch_size))
+                yield torch.stack(list(pool.map(self.dataset.__getitem__, idx)))
+
+
+def decode_threads() -> int:
+    """Threads that decode between batches when no worker process does: one per core (at most 8)."""
+    return max(1, min(8, os.cpu_count() or 1))
+
+
 def image_loader(backbone: Backbone, items: Sequence[ImageLike], batch_size: int = 64,
                  num_workers: int | None = None, pin_memory: bool = False,
-                 bounds: ImageBounds = DEFAULT_BOUNDS) -> DataLoader:
-    """Batches of preprocessed pixels, decoded in forked worker processes (in order)."""
+                 bounds: ImageBounds = DEFAULT_BOUNDS) -> "DataLoader | _ThreadedBatches":
+    """Batches of preprocessed pixels, in order: decoded in forked worker processes, or, with no worker
+    process, by one thread per core between the model's batches (``_ThreadedBatches``)."""
     workers = default_workers(len(items), batch_size, backbone.device) if num_workers is None else num_workers
+    if workers == 0 and decode_threads() > 1 and not pin_memory:
+        return _ThreadedBatches(_Images(items, backbone.preprocess, bounds), batch_size, decode_threads())
     kwargs: dict[str, Any] = {}
     if workers > 0:
         kwargs = {"multiprocessing_context": multiprocessing.get_context("fork"), "prefetch_factor": 4}
