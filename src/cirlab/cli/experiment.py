@@ -11,6 +11,7 @@ methods and the baselines on val and test beside the published ordering
 from __future__ import annotations
 
 import argparse
+import copy
 import shlex
 from pathlib import Path
 
@@ -42,6 +43,9 @@ def register(sub: argparse._SubParsersAction) -> None:
         "calibrate", help="baselines + pic2word/searle/lincir on world val and test beside the published ordering",
         description=calibrate.__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     for action in z._actions:  # the same training and world options as zeroshot
+        if action.dest == "backbone":  # calibration needs the language prior (docs/world.md)
+            action = copy.copy(action)
+            action.default = "tiny:alt-600"
         if action.dest not in ("help", "query_oti_steps"):
             c._add_action(action)
     c.set_defaults(func=run_calibrate)
