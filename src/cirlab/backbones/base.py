@@ -103,7 +103,7 @@ class Backbone(nn.Module, abc.ABC):
     #: placeholder word that ``forward_texts_pseudo`` replaces
     placeholder: str = PLACEHOLDER
     #: a text's feature does not depend on padding after its last token (the attention mask hides it), so a
-    #: batch may be cut to its longest text (``cirlab.train.features.length_grouped`` relies on it)
+    #: batch may be cut to its longest text (``length_grouped`` above relies on it)
     trailing_padding_free: bool = False
 
     # ---- preprocessing, attached to the model --------------------------------------------

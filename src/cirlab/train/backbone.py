@@ -38,6 +38,7 @@ from ..backbones.tiny import TinyBackbone, TinyConfig, WordTokenizer
 from ..data.jsonl import iter_jsonl, read_gallery
 from ..errors import DatasetError
 from .estimate import RunEstimate
+from .optim import adamw
 
 
 @dataclass
@@ -219,8 +220,8 @@ def train_backbone(cfg: BackboneTrainConfig, progress: bool = True) -> dict[str,
     trainable = [(n, p) for n, p in model.named_parameters() if p.requires_grad]
     decay = [p for n, p in trainable if p.ndim >= 2 and "embed" not in n and "pos" not in n]
     no_decay = [p for n, p in trainable if not (p.ndim >= 2 and "embed" not in n and "pos" not in n)]
-    opt = torch.optim.AdamW([{"params": decay, "weight_decay": cfg.weight_decay},
-                             {"params": no_decay, "weight_decay": 0.0}], lr=cfg.lr, betas=(0.9, 0.98), fused=True)
+    opt = adamw([{"params": decay, "weight_decay": cfg.weight_decay},
+                 {"params": no_decay, "weight_decay": 0.0}], lr=cfg.lr, betas=(0.9, 0.98))
 
     def lr_at(step: int) -> float:
         if step < cfg.warmup_steps:

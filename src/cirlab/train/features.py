@@ -25,6 +25,7 @@ import torch.nn.functional as F
 from ..backbones.base import Backbone
 from ..data.record import CIRDataset, CIRTriplet
 from ..eval.metrics import grouped_metrics
+from ..fileutil import atomic_write_bytes
 from ..index import build_index
 
 
@@ -87,7 +88,7 @@ def cached_text_features(backbone: Backbone, texts: Sequence[str], normalize: bo
     """``backbone.encode_texts(texts, normalize=...)``, read from the text-feature cache when this backbone's
     weights already encoded these token ids (``cache_dir``: default ``text_cache_dir()``)."""
     from safetensors import SafetensorError
-    from safetensors.torch import load_file, save_file
+    from safetensors.torch import load_file, save
 
     root = Path(cache_dir) if cache_dir is not None else text_cache_dir()
     raw = None
@@ -103,10 +104,7 @@ def cached_text_features(backbone: Backbone, texts: Sequence[str], normalize: bo
     if raw is None:
         raw = backbone.encode_texts(list(texts), progress=progress, normalize=False)
         if root is not None:
-            root.mkdir(parents=True, exist_ok=True)
-            tmp = path.with_name(f"{path.name}.{os.getpid()}.tmp")
-            save_file({"raw": raw.contiguous()}, str(tmp))
-            os.replace(tmp, path)
+            atomic_write_bytes(path, save({"raw": raw.contiguous()}))
     return F.normalize(raw, dim=-1) if normalize else raw
 
 

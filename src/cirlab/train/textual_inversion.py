@@ -61,6 +61,7 @@ from ..methods.textual_inversion.phi import Checkpoint, Phi, PhiConfig
 from ..methods.textual_inversion.prompts import PromptTemplates, get_templates
 from .estimate import RunEstimate
 from .features import cached_text_features
+from .optim import adamw
 
 
 @dataclass
@@ -268,7 +269,7 @@ def fit(phi: Phi, loss_fn: Callable[[torch.Tensor, torch.Generator], torch.Tenso
     """Minimise ``loss_fn(batch indices, generator)`` over phi's parameters only (the backbone gets no grads);
     with ``state``, resume from and save to it."""
     params = [p for p in phi.parameters()]
-    opt = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay, fused=True)
+    opt = adamw(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
     gen = torch.Generator().manual_seed(cfg.seed)
     start, log = state.restore(phi, opt, gen) if state is not None else (0, [])
     phi.train()
