@@ -21,8 +21,9 @@ def test_eval_benchmark_runs_ip_cir_rescoring(small_world, backbone_dir, encoder
     root = tmp_path / "circo"
     queries, ids = circo_val(root, json.loads((BENCH / "circo/annotations/val.json").read_text())[:60])
     world = small_world / "train"
-    full = IPCIRConfig(generator=f"world-render:{world}", captioner=f"world:{world}", lam=0.6).save(tmp_path / "a")
-    text = IPCIRConfig(generator=f"world-render:{world}", captioner=f"world:{world}", lam=0.0).save(tmp_path / "b")
+    oracle = {"generator": f"world-render:{world}", "captioner": f"world:{world}", "rewriter": "world"}
+    full = IPCIRConfig(**oracle, lam=0.6).save(tmp_path / "a")
+    text = IPCIRConfig(**oracle, lam=0.0).save(tmp_path / "b")
     rc = main(["eval", "--benchmark", "circo", "--split", "val", "--data-root", str(root), "--backbone",
                f"tiny:{backbone_dir}", "--methods", f"ip-cir:{full},ip-cir:{text}", "--index-dir",
                str(tmp_path / "idx"), "--save-rankings", str(tmp_path / "preds"), "--out", str(tmp_path / "r.json")])
@@ -57,7 +58,8 @@ def test_submit_runs_the_rescoring_too(small_world, backbone_dir, tmp_path, caps
     world = small_world / "train"
     subs = {}
     for name, lam in (("a", 0.6), ("b", 0.0)):
-        cfg = IPCIRConfig(generator=f"world-render:{world}", captioner=f"world:{world}", lam=lam).save(tmp_path / name)
+        cfg = IPCIRConfig(generator=f"world-render:{world}", captioner=f"world:{world}", rewriter="world",
+                          lam=lam).save(tmp_path / name)
         assert main(["submit", "--benchmark", "circo", "--split", "test", "--data-root", str(root), "--backbone",
                      f"tiny:{backbone_dir}", "--method", f"ip-cir:{cfg}", "--out", str(tmp_path / f"sub-{name}"),
                      "--index-dir", str(tmp_path / "idx")]) == 0

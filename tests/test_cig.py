@@ -161,7 +161,7 @@ def test_zero_shot_trainer_trains_searle_and_writes_a_working_spec(small_world, 
     spec = ZEROSHOT_TRAINERS.get("cig")(ctx)
     cfg = json.loads(Path(spec.split(":", 1)[1]).read_text())
     assert cfg["inversion"] == f"searle:{tmp_path / 'cig' / 'searle'}"
-    assert cfg["generator"].startswith("world-render:")
+    assert cfg["generator"].startswith("t2i:")           # the non-oracle text-to-image analog
     # a SEARLE trained earlier in the run is reused, not retrained
     ctx2 = ZeroShotContext(tiny_backbone, small_world, tmp_path / "cig2", quick=True, progress=False,
                            trained={"searle": cfg["inversion"]})

@@ -112,7 +112,7 @@ def test_world_render_generator_draws_the_rewritten_description(small_world, tin
 
 def _ip_cir(small_world, backbone, **kw) -> IPCIR:
     cfg = IPCIRConfig(generator=f"world-render:{small_world / 'train'}", captioner=f"world:{small_world / 'train'}",
-                      **kw)
+                      rewriter=kw.pop("rewriter", "world"), **kw)   # the oracle configuration: world grammar
     return IPCIR(backbone, cfg)
 
 
@@ -151,7 +151,8 @@ def test_retriever_rescore_ranks_by_the_balanced_similarity(small_world, tiny_ba
 
     ds = load_dataset(small_world / "test")
     cfg_path = IPCIRConfig(generator=f"world-render:{small_world / 'train'}",
-                           captioner=f"world:{small_world / 'train'}", lam=0.7, rescore_depth=30).save(tmp_path)
+                           captioner=f"world:{small_world / 'train'}", rewriter="world", lam=0.7,
+                           rescore_depth=30).save(tmp_path)
     m = create_method(f"ip-cir:{cfg_path}", tiny_backbone)
     index = build_index(tiny_backbone, ds.gallery, tmp_path / "index", progress=False)
     r = Retriever(tiny_backbone, index, m, dict(zip(ds.gallery.ids, map(str, ds.gallery.paths))))
@@ -284,6 +285,10 @@ def test_zero_shot_trainer_writes_a_working_spec(small_world, tiny_backbone, tmp
     hits = sum(bool(set(res.rankings[t.id][:10]) & set(t.targets)) for t in trips)
     assert res.metrics["recall@10"] == pytest.approx(100.0 * hits / len(trips), abs=0.01)
     assert all(t.reference not in res.rankings[t.id] for t in trips)  # the reference is never an answer
+    # the default configuration is the non-oracle one: lexical rewriter, t2i generator
+    from cirlab.methods.base import oracle_parts
+
+    assert cfg["rewriter"] == "lexical" and cfg["generator"].startswith("t2i:") and oracle_parts(res.config) == []
 
 
 def test_oracle_captioner_reads_the_gallery_and_names_missing_references(small_world, tiny_backbone):

@@ -44,7 +44,7 @@ def test_official_score_over_the_whole_gallery(small_world, tiny_backbone, tmp_p
     ds = load_dataset(small_world / "test")
     w = 0.65                                     # the script's fusion weight for ViT-L/14
     cfg = IPCIRConfig(generator=f"world-render:{small_world / 'train'}", captioner=f"world:{small_world / 'train'}",
-                      robust="max-ratio", n_proxies=2, whole_gallery=True, lam=1 - w, rescore_depth=1,
+                      rewriter="world", robust="max-ratio", n_proxies=2, whole_gallery=True, lam=1 - w, rescore_depth=1,
                       proxy_weight=1.0, reference_weight=1.0, perturbation_weight=1.0)
     m = IPCIR(tiny_backbone, cfg)
     index = build_index(tiny_backbone, ds.gallery, tmp_path / "index", progress=False)

@@ -1,7 +1,9 @@
 """IP-CIR ("Imagine and Seek", CVPR 2025; training-free): search with an imagined proxy of the target.
 
 1. Captions: the reference is described by a captioner and the description rewritten by an LLM with the
-   modification text: ``c_ref``, ``c_tgt`` (``cirlab.methods.proxies``; the world uses analogs).
+   modification text: ``c_ref``, ``c_tgt`` (``cirlab.methods.proxies``; the world uses analogs: the
+   ``world`` captioner, the ``lexical`` rewriter and the ``t2i`` generator; the ``world`` rewriter and
+   ``world-render`` generator are oracles, for upper bounds).
 2. Text side: ``t = T(c_tgt)`` (``text_side="caption"``, the paper's LLM-rewrite retrieval), or any
    method spec (e.g. ``searle:DIR``) whose query is used instead.
 3. The imagined proxy: a proxy generator (pixels through the backbone, or an embedding generator) gives
@@ -52,9 +54,10 @@ CAPTION_SETS = "ip_cir_caption_sets"
 
 @dataclass
 class IPCIRConfig:
-    generator: str                      # proxy generator spec ("world-render:DIR", "diffusers:DIR", "fusion-diff:DIR")
+    generator: str                      # proxy generator spec ("t2i:DIR", "diffusers:DIR", "fusion-diff:DIR"; oracle
+                                        # "world-render:DIR")
     captioner: str                      # captioner spec ("world:DIR" analog, "hf:MODEL")
-    rewriter: str = "world"             # rewriter spec ("world" analog, "llm:URL")
+    rewriter: str = "lexical"           # rewriter spec ("lexical" analog, "llm:URL"; oracle "world")
     text_side: str = "caption"          # "caption" (T(target description)) or a method spec
     proxy_weight: float = 1.0           # a
     reference_weight: float = 0.5       # b
@@ -214,7 +217,7 @@ class IPCIR(Method):
 def _ip_cir(arg: str, backbone: Backbone) -> Method:
     if not arg:
         raise CirlabError("ip-cir: give a config, e.g. ip-cir:runs/ip-cir/ip-cir.json ({\"generator\": "
-                          "\"world-render:DIR\", \"captioner\": \"world:DIR\", \"lam\": 0.5})")
+                          "\"t2i:DIR\", \"captioner\": \"world:DIR\", \"lam\": 0.5})")
     return IPCIR(backbone, IPCIRConfig.load(arg))
 
 

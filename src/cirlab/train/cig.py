@@ -4,8 +4,9 @@ CIG trains nothing of its own here: it reuses a textual-inversion phi (``ctx.tra
 comparison trained SEARLE before it, else SEARLE is trained on ``world/train`` images with
 ``cirlab.train.textual_inversion.train_method``) and a proxy generator: the Fusion-Diff embedding prior
 when it was trained in the same run and ``ctx.options["cig_generator"] == "fusion-diff"``, else the
-world-render analog over a caption bank of ``world/train`` captions (encoded once into ``OUT/caption-bank``).
-Options (``ctx.options["cig"]``): ``generator`` ("world-render" | "fusion-diff" | a spec), ``weight``,
+``t2i`` text-to-image analog (not an oracle) over a caption bank of ``world/train`` captions (encoded once
+into ``OUT/caption-bank``), or the ``world-render`` oracle when asked for.
+Options (``ctx.options["cig"]``): ``generator`` ("t2i" | "world-render" | "fusion-diff" | a spec), ``weight``,
 ``second`` ("query" | "image"), ``world_render_style``, ``prompts``.
 
 ``train_cig_generator`` (``cirlab train cig``) fine-tunes a diffusers text-to-image pipeline's UNet on
@@ -51,14 +52,18 @@ def inversion_spec(ctx: ZeroShotContext) -> str:
     return f"searle:{out}"
 
 
-def world_render_spec(ctx: ZeroShotContext, trainer: str) -> str:
-    """``world-render:BANK`` with the train captions encoded once under ``OUT/caption-bank``."""
+def caption_bank_dir(ctx: ZeroShotContext) -> Path:
+    """The train captions encoded once under ``OUT/caption-bank`` (the ``world`` captioner's bank)."""
     from ..methods.proxies.captioners import save_caption_bank
 
-    bank = save_caption_bank(ctx.out / "caption-bank", ctx.world / "train", ctx.backbone,
+    return save_caption_bank(ctx.out / "caption-bank", ctx.world / "train", ctx.backbone,
                              max_captions=2000 if ctx.quick else 0, progress=ctx.progress)
+
+
+def world_render_spec(ctx: ZeroShotContext, trainer: str) -> str:
+    """``world-render:BANK`` (an oracle: the world's rewriter grammar and renderer)."""
     style = trainer_options(ctx, trainer).get("world_render_style", "real")
-    return f"world-render:{bank},style={style}"
+    return f"world-render:{caption_bank_dir(ctx)},style={style}"
 
 
 def trainer_options(ctx: ZeroShotContext, trainer: str) -> dict[str, Any]:
@@ -69,9 +74,10 @@ def trainer_options(ctx: ZeroShotContext, trainer: str) -> dict[str, Any]:
     return opts
 
 
-def generator_spec(ctx: ZeroShotContext, trainer: str) -> str:
-    """``options[trainer]["generator"]``: "world-render" (default), "fusion-diff" or any generator spec."""
-    choice = str(trainer_options(ctx, trainer).get("generator", "world-render"))
+def generator_spec(ctx: ZeroShotContext, trainer: str, default: str = "t2i") -> str:
+    """``options[trainer]["generator"]``: "t2i" (the non-oracle text-to-image analog, default), "world-render"
+    (an oracle), "fusion-diff" or any generator spec."""
+    choice = str(trainer_options(ctx, trainer).get("generator", default))
     if choice == "fusion-diff":
         spec = ctx.trained.get("fusion-diff")
         if not spec:
@@ -80,10 +86,12 @@ def generator_spec(ctx: ZeroShotContext, trainer: str) -> str:
         return spec            # "fusion-diff:DIR" is both the method's and the generator's spec
     if choice == "world-render":
         return world_render_spec(ctx, trainer)
+    if choice == "t2i":
+        return f"t2i:{caption_bank_dir(ctx)}"
     return choice              # any other proxy-generator spec, used as given
 
 
-@ZEROSHOT_TRAINERS.register("cig", help="CIG: SEARLE phi (reused or trained) + world-render / fusion-diff "
+@ZEROSHOT_TRAINERS.register("cig", help="CIG: SEARLE phi (reused or trained) + t2i / fusion-diff "
                                         "pseudo-target; writes cig.json")
 def train_cig_zeroshot(ctx: ZeroShotContext) -> str:
     from ..methods.cig import CIGConfig
@@ -211,4 +219,4 @@ def train_cig_generator(pipeline_dir: str | Path, data: str | Path, out: str | P
     return summary
 
 
-__all__ = ["CIGGeneratorConfig", "composed_training_prompt", "generator_spec", "inversion_spec", "train_cig_generator", "train_cig_zeroshot", "trainer_options", "world_render_spec"]
+__all__ = ["CIGGeneratorConfig", "caption_bank_dir", "composed_training_prompt", "generator_spec", "inversion_spec", "train_cig_generator", "train_cig_zeroshot", "trainer_options", "world_render_spec"]

@@ -1,8 +1,10 @@
 """Pluggable pieces of the generative methods (CIG, IP-CIR): captioners, rewriters, pixel generators.
 
-Importing this package registers the pixel generators ``world-render`` and ``diffusers`` in
-``cirlab.methods.generators.PROXY_GENERATORS``. Everything named ``world`` here is an *analog* for the
-built-in world (which has no captioning model, LLM or diffusion model): see ``docs/ip-cir.md``.
+Importing this package registers the pixel generators ``world-render``, ``t2i`` and ``diffusers`` in
+``cirlab.methods.generators.PROXY_GENERATORS``. Everything named ``world`` here, the ``lexical`` rewriter
+(``cirlab.methods.lexical``) and the ``t2i`` generator are *analogs* for the built-in world (which has no
+captioning model, LLM or diffusion model); ``world`` rewriter and ``world-render`` are oracles (they
+replay the world's grammar and renderer): see ``docs/ip-cir.md``.
 """
 from .captioners import (
            CAPTIONERS,
@@ -19,6 +21,7 @@ from .rewriters import (
            WorldRuleRewriter,
            create_rewriter,
 )
+from .t2i import T2IErrors, TextToImageGenerator
 
 __all__ = [
            "CAPTIONERS",
@@ -29,6 +32,8 @@ __all__ = [
            "LLMRewriter",
            "NearestCaptionCaptioner",
            "Rewriter",
+           "T2IErrors",
+           "TextToImageGenerator",
            "WorldRenderGenerator",
            "WorldRuleRewriter",
            "create_captioner",

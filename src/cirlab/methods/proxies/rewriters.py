@@ -3,10 +3,13 @@
 - ``llm:BASE_URL[,model=NAME]``: any OpenAI-compatible chat endpoint, through the DAIG issue's client
   (``cirlab.synth.scripting``: ``LLMConfig``, ``LLMScripter._post``); one request per query, the answer
   is the target description (JSON ``{"target": ...}`` or plain text).
-- ``world``: **the world's analog of an LLM rewrite**: a rule-based parser of the world's edit phrasings
-  that applies the edit to the scene the reference description names and describes the result. A
-  clause it cannot parse or resolve is skipped (counted in ``stats``); the reference description is
-  returned unchanged when nothing applied.
+- ``lexical``: **the world's analog of an LLM rewrite** (not an oracle): reads the reference description
+  and the human text as English with its own small lexicon (``cirlab.methods.lexical``), in any register,
+  imperfectly.
+- ``world``: **an oracle** (upper bound, not a method): a rule-based parser of the world's edit phrasings
+  (the grammar that generated the procedural texts) that applies the edit to the scene the reference
+  description names and describes the result. A clause it cannot parse or resolve is skipped (counted in
+  ``stats``); the reference description is returned unchanged when nothing applied.
 """
 from __future__ import annotations
 
@@ -174,10 +177,20 @@ class WorldRuleRewriter:
                 "oracle": "parses the edit grammar that generated the world's queries (procedural register)"}
 
 
-@REWRITERS.register("world", help="WORLD ANALOG of an LLM rewrite: applies the world's edit phrasings to the "
-                                  "reference description by rules")
+@REWRITERS.register("world", help="ORACLE (upper bound): applies the world's own edit grammar to the reference "
+                                  "description by rules")
 def _world(arg: str) -> Rewriter:
     return WorldRuleRewriter()
+
+
+@REWRITERS.register("lexical", help="WORLD ANALOG of an LLM rewrite, not an oracle: reads the reference description "
+                                    "and the human text as English (own lexicon; no world grammar)")
+def _lexical(arg: str) -> Rewriter:
+    from ..lexical import LexicalRewriter
+
+    if arg:
+        raise CirlabError(f"lexical rewriter: takes no argument, got {arg!r}")
+    return LexicalRewriter()
 
 
 # ---- an LLM through the OpenAI-compatible client ------------------------------------------------------
