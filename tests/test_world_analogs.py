@@ -200,6 +200,25 @@ def test_t2i_fills_what_the_prompt_leaves_unstated():
     assert gen.scene_of("nothing to see", random.Random(0)) is None
 
 
+def test_bad_analog_specs_are_clear_errors(tiny_backbone):
+    from cirlab.errors import CirlabError
+    from cirlab.methods.generators import create_proxy_generator
+    from cirlab.methods.proxies import create_rewriter
+
+    with pytest.raises(CirlabError, match=r"binding=2.0: a rate must be in \[0, 1\]"):
+        create_proxy_generator("t2i:world/train,binding=2", tiny_backbone)
+    with pytest.raises(CirlabError, match="option 'colour=red'"):
+        create_proxy_generator("t2i:world/train,colour=red", tiny_backbone)
+    with pytest.raises(CirlabError, match="give the caption bank"):
+        create_proxy_generator("t2i:", tiny_backbone)
+    with pytest.raises(CirlabError, match="style='photo'"):
+        create_proxy_generator("t2i:world/train,style=photo", tiny_backbone)
+    with pytest.raises(CirlabError, match="takes no argument"):
+        create_rewriter("lexical:gpt")
+    gen = create_proxy_generator("t2i:world/train,count=0.5,many=4", tiny_backbone)
+    assert gen.config()["errors"] == {"binding": 0.15, "count": 0.5, "spatial": 0.1, "many": 4}
+
+
 # ---- IP-CIR with the analogs ---------------------------------------------------------------------------
 
 def test_ip_cir_default_configuration_has_no_oracle_and_the_oracle_one_is_labelled(small_world, tiny_backbone,

@@ -5,10 +5,11 @@
   description when the method provides one (``batch.extra["target_captions"]``, IP-CIR's captioner +
   rewriter), else the composed prompt "{reference description} that {text}" when the method provides
   reference descriptions (CIG with a captioner), else the modification text. Sampling is seeded.
-- ``world-render:TRAIN_DIR``: **the world's analog** of a captioner + LLM + text-to-image model: the
-  reference is described by the nearest caption of ``TRAIN_DIR``'s gallery (``world`` captioner), the edit
-  is applied by rules (``world`` rewriter) and the target description is drawn by the synth package's
-  ``WorldGenerator`` renderer. Options: ``,style=real|unadapted`` (the world's own style, default, or the
+- ``world-render:TRAIN_DIR``: **an oracle** (upper bound) world analog of a captioner + LLM + text-to-image
+  model: the reference is described by the nearest caption of ``TRAIN_DIR``'s gallery (``world``
+  captioner), the edit is applied by the world's own grammar (``world`` rewriter) and the target
+  description is drawn by the synth package's ``WorldGenerator`` renderer. The non-oracle analog is
+  ``t2i`` (``proxies.t2i``). Options: ``,style=real|unadapted`` (the world's own style, default, or the
   DAIG issue's unadapted generator style with its domain gap), ``,max_captions=N``,
   ``,captioner=SPEC`` (another captioner, e.g. ``oracle:TEST_DIR`` for an upper-bound analysis).
 """
@@ -84,9 +85,9 @@ class WorldRenderGenerator:
                 "rewriter": self.rewriter.config(), "style": self.style, "resolution": self.renderer.resolution}
 
 
-@PROXY_GENERATORS.register("world-render", help="WORLD ANALOG of captioner + LLM + text-to-image: nearest train "
-                                                "caption, rule-based edit, world renderer; world-render:TRAIN_DIR"
-                                                "[,style=real|unadapted]")
+@PROXY_GENERATORS.register("world-render", help="ORACLE WORLD ANALOG of captioner + LLM + text-to-image (upper "
+                                                "bound): nearest train caption, the world's edit grammar, the "
+                                                "gallery's renderer; world-render:TRAIN_DIR[,style=real|unadapted]")
 def _world_render(arg: str, backbone: Backbone) -> WorldRenderGenerator:
     from .captioners import create_captioner
 
