@@ -205,7 +205,7 @@ def world_gallery(tmp_path_factory):
 
     root = tmp_path_factory.mktemp("flat-world")
     cfg = WorldConfig.from_dict({**WorldConfig(seed=3).small(60).to_dict(), "effects": {},
-                                 "registers": {"procedural": 1.0}})
+                                 "registers": {"procedural": 1.0}, "drift": 0.0})
     generate_world(root, cfg, ("test",), progress=False)
     return load_dataset(root / "test")
 

@@ -56,10 +56,10 @@ def test_every_target_is_the_reference_with_the_edit_applied(small_world):
         assert rows
         for row in rows:
             ref = scenes[row["reference"]]
-            edited = apply_ops(ref, row["meta"]["ops"])
+            edited = apply_ops(ref, row["meta"]["ops"] + row["meta"].get("silent", []))
             assert edited != ref
             assert row["targets"], row
-            # the first target is exactly the edited reference
+            # the first target is exactly the edited reference, with its unmentioned changes (drift)
             assert scenes[row["targets"][0]] == edited, row
             if not row["meta"]["underspecified"]:
                 assert len(row["targets"]) == 1
@@ -68,6 +68,36 @@ def test_every_target_is_the_reference_with_the_edit_applied(small_world):
                 assert len(alt.objects) == len(edited.objects)
                 assert sorted((o.shape, o.colour, o.size) for o in alt.objects) == \
                     sorted((o.shape, o.colour, o.size) for o in edited.objects)
+
+
+def test_drift_changes_every_object_the_edit_leaves_alone_and_only_those(small_world):
+    """At the default drift (1.0) each object an edit leaves alone changes size or place; what the edit
+    itself does is as the ops say; the reference's other edits drift too; drift 0 draws nothing."""
+    assert WorldConfig().drift == 1.0
+    scenes, rows = generate_split(WorldConfig(seed=3).small(60), "test")
+    drifted = 0
+    for row in rows:
+        if row["meta"]["underspecified"]:
+            assert "silent" not in row["meta"]
+            continue
+        ref, target = scenes[row["reference"]], scenes[row["targets"][0]]
+        exact = apply_ops(ref, row["meta"]["ops"])
+        left_alone = [o for o in exact.objects if o in ref.objects]
+        assert len(row["meta"].get("silent", [])) == len(left_alone), row
+        for o in left_alone:  # its shape and colour stay, its size or its place does not
+            twins = [t for t in target.objects if (t.shape, t.colour) == (o.shape, o.colour)]
+            assert twins and o not in target.objects, (o, target)
+        drifted += bool(left_alone)
+    assert drifted >= len(rows) // 2
+    # without drift the queries are the exact edits, byte for byte those of a config written before drift
+    old = WorldConfig(seed=3).small(60).to_dict()
+    del old["drift"]
+    assert WorldConfig.from_dict(old).drift == 0.0
+    _, exact_rows = generate_split(WorldConfig.from_dict(old), "test")
+    for row in exact_rows:
+        assert "silent" not in row["meta"]
+    with pytest.raises(Exception, match="drift"):
+        WorldConfig(drift=1.5)
 
 
 def test_texts_name_the_new_attribute():

@@ -2,7 +2,9 @@
 from __future__ import annotations
 
 import json
+import os
 import random
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -16,20 +18,44 @@ from cirlab.world import WorldConfig, generate_world
 from cirlab.world.alttext import alt_corpus, alt_text
 from cirlab.world.edits import apply_ops
 from cirlab.world.generate import generate_split
-from cirlab.world.phrasing import REGISTERS, changes_of, phrase
+from cirlab.world.phrasing import BENCHMARK_REGISTER_SHARES, REGISTERS, changes_of, guess_register, phrase
 from cirlab.world.scene import DEFAULT_STYLE, NO_EFFECTS, REAL_EFFECTS, Obj, Scene, caption, render
 
 
-def test_every_query_has_three_registers_and_its_caption_is_the_drawn_one(small_world):
-    ds = load_dataset(small_world / "test")
+def test_every_query_has_three_registers_and_its_caption_is_the_drawn_one():
+    _, rows = generate_split(WorldConfig(seed=3).small(60), "test")
     seen = {r: 0 for r in REGISTERS}
-    for t in ds.triplets:
-        texts = t.meta["texts"]
+    for row in rows:
+        texts = row["meta"]["texts"]
         assert set(texts) == set(REGISTERS)
-        assert t.caption == texts[t.meta["register"]]
+        assert row["caption"] == texts[row["meta"]["register"]]
         assert texts["procedural"] != texts["describing"] and texts["procedural"] != texts["casual"]
-        seen[t.meta["register"]] += 1
-    assert all(n >= len(ds.triplets) // 6 for n in seen.values()), seen  # weights 1:1:1
+        seen[row["meta"]["register"]] += 1
+    # drawn with the default weights, the registers' shares in the real benchmarks (0.11 / 0.74 / 0.15 of 60):
+    # each count within four binomial standard deviations of its expectation
+    n = len(rows)
+    for r, share in BENCHMARK_REGISTER_SHARES.items():
+        assert abs(seen[r] - n * share) <= 4 * (n * share * (1 - share)) ** 0.5, seen
+    assert min(seen.values()) > 0
+
+
+def test_register_shares_are_those_of_the_real_benchmarks():
+    """``BENCHMARK_REGISTER_SHARES`` recomputed from the real annotation files with ``guess_register``."""
+    bench = Path(os.environ.get("CIRLAB_TEST_BENCHMARKS", Path(__file__).resolve().parents[1].parent / "shared" / "benchmarks"))
+    if not (bench / "cirr").is_dir():
+        pytest.skip(f"real benchmark annotations not found at {bench}")
+    texts = {"cirr": [e["caption"] for e in json.loads((bench / "cirr/captions/cap.rc2.val.json").read_text())],
+             "fashioniq": [c for cat in ("dress", "shirt", "toptee") for e in
+                           json.loads((bench / f"fashioniq/captions/cap.{cat}.val.json").read_text()) for c in e["captions"]],
+             "circo": [e["relative_caption"] for e in json.loads((bench / "circo/annotations/val.json").read_text())]}
+    shares = {r: sum(sum(guess_register(t) == r for t in ts) / len(ts) for ts in texts.values()) / 3 for r in REGISTERS}
+    for r in REGISTERS:
+        assert abs(shares[r] - BENCHMARK_REGISTER_SHARES[r]) < 0.006, shares
+    # the reader on hand-written texts of each kind
+    assert guess_register("Remove the lemon") == "procedural"
+    assert guess_register("is red and sleeveless") == "describing"
+    assert guess_register("two dogs of the same breed on the floor") == "describing"
+    assert guess_register("same breed dog, focus on its head") == "casual"
 
 
 def test_describing_texts_name_what_the_target_shows():
@@ -100,13 +126,13 @@ def test_scripter_texts_come_from_scripter_phrasings_only():
 
 def test_legacy_config_reads_and_generates_procedural_flat_worlds():
     old = WorldConfig().small(40).to_dict()
-    del old["registers"], old["effects"]  # a dataset.json written before they existed
+    del old["registers"], old["effects"], old["drift"]  # a dataset.json written before they existed
     cfg = WorldConfig.from_dict(old)
     assert cfg.registers == {"procedural": 1.0} and not cfg.camera.any
     _, rows = generate_split(cfg, "test")
     assert all("register" not in r["meta"] for r in rows)
     # the scenes do not depend on the wording: the new default world has the same queries
-    _, new_rows = generate_split(WorldConfig().small(40), "test")
+    _, new_rows = generate_split(WorldConfig(drift=0.0).small(40), "test")
     assert [(r["reference"], r["targets"], r["meta"]["ops"]) for r in rows] == \
            [(r["reference"], r["targets"], r["meta"]["ops"]) for r in new_rows]
     assert [r["caption"] for r in rows] == [r["meta"]["texts"]["procedural"] for r in new_rows]
@@ -202,3 +228,19 @@ def test_style_fit_estimates_jitter_through_the_camera(true_jitter):
     fit = fit_style(images, [caption(s) for s in scenes], UNADAPTED, sweeps=1)
     assert fit.report["one_object_images"] == 24
     assert abs(fit.style.jitter - true_jitter) < 0.12
+
+
+def test_casual_size_texts_say_the_direction_of_the_change():
+    """Every casual wording of a size change names the new size or a verb of its direction, never the opposite."""
+    _, rows = generate_split(WorldConfig(seed=4).small(300), "train")
+    seen = 0
+    for row in rows:
+        if row["meta"]["kind"] != "size":
+            continue
+        grow = row["meta"]["ops"][0]["size"] == "large"
+        text = row["meta"]["texts"]["casual"]
+        wrong = ("shrink", "small", "tiny") if grow else ("blow up", "big")
+        assert not any(w in text for w in wrong), (grow, text)
+        assert any(w in text for w in (("blow up", "big") if grow else ("shrink", "small"))), (grow, text)
+        seen += 1
+    assert seen >= 20

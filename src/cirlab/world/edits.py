@@ -3,7 +3,9 @@
 An edit is a list of primitive operations (``ops``) that ``apply_ops`` replays, so
 tests can check that the target really is the reference with the edit applied.
 Underspecified edits ("add a red circle", with no place) accept several targets:
-``valid_targets`` enumerates them.
+``valid_targets`` enumerates them. ``drift`` changes what an edit leaves alone (sizes and places of
+the other objects) without saying so, as a real target photo differs from its reference in more
+than the modification text says; its ``silent`` ops replay after ``ops``.
 """
 from __future__ import annotations
 
@@ -25,6 +27,7 @@ class EditResult:
     ops: list[dict[str, Any]]
     underspecified: bool = False
     alternatives: list[Scene] = field(default_factory=list)  # other valid targets (underspecified)
+    silent: list[dict[str, Any]] = field(default_factory=list)  # unmentioned changes (``drift``), after ops
 
 
 # ---- referring to an object -------------------------------------------------------------------
@@ -187,6 +190,30 @@ def make_edit(scene: Scene, kind: str, rng: random.Random, banned: Banned = froz
             res.alternatives = [a for a in res.alternatives if _ok(a, banned)]
             return res
     return None
+
+
+def drift(ref: Scene, res: EditResult, rng: random.Random, rate: float) -> EditResult:
+    """``res`` with each object the edit left alone changed silently with probability ``rate``: its size
+    flipped or (half of the time, when a cell is free) moved to a free cell. The changes are ``set`` ops
+    in ``res.silent`` (``apply_ops(ref, ops + silent)`` is the target). Edits with several valid targets
+    are left as they are (their alternatives must stay the same scene up to the free place), and
+    ``rate <= 0`` draws nothing from ``rng`` (worlds without drift stay byte-identical)."""
+    if rate <= 0 or res.alternatives or res.underspecified:
+        return res
+    target, silent = res.target, []
+    for o in [x for x in res.target.objects if x in ref.objects]:
+        if rng.random() >= rate:
+            continue
+        free = target.free_cells()
+        if free and rng.random() < 0.5:
+            cell = rng.choice(free)
+            new, op = Obj(cell, o.shape, o.colour, o.size), {"op": "set", "cell": o.cell, "to_cell": cell}
+        else:
+            size = "small" if o.size == "large" else "large"
+            new, op = Obj(o.cell, o.shape, o.colour, size), {"op": "set", "cell": o.cell, "size": size}
+        target = target.replace_obj(o, None).add(new)
+        silent.append(op)
+    return EditResult(res.kind, res.text, target, res.ops, res.underspecified, [], silent)
 
 
 def one_attribute_away(scene: Scene, rng: random.Random, banned: Banned = frozenset()) -> Scene:

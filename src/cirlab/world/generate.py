@@ -18,8 +18,15 @@ drawn through the world's camera (``effects``, see ``scene.Effects``), which no 
 ``Style`` reproduces. A config written before registers and effects existed (format 1) reads as
 ``registers = {"procedural": 1}`` and no effects, and gives the same queries and texts as then; one
 written before ``describing`` existed reads as ``describing = "partial"`` (format 2 as first
-written: describing texts name the change and sometimes one other object).
+written: describing texts name the change and sometimes one other object); one written before
+``drift`` existed reads as ``drift = 0`` (every target is exactly the reference with the edit applied).
+
+Drift: real targets are other photos, not the reference retouched; with ``drift`` each object an edit
+leaves alone also changes size or place in the edited scene, unmentioned (``edits.drift``; the changes
+are in ``meta.silent``). It applies to the target and to the reference's other edits alike, so it does
+not mark the target out; it makes the reference image a weaker cue, as on CIRR.
 """
+
 from __future__ import annotations
 
 import json
@@ -34,8 +41,8 @@ from tqdm.auto import tqdm
 from ..data.jsonl import write_jsonl
 from ..fileutil import FIXED_MTIME_NS, LOCK_NAME, DirLock, atomic_write_text, seal
 from ..errors import CirlabError
-from .edits import EDIT_KINDS, SINGLE_EDITS, EditResult, make_edit, one_attribute_away
-from .phrasing import DETAILS, REGISTERS, phrase
+from .edits import EDIT_KINDS, SINGLE_EDITS, EditResult, drift, make_edit, one_attribute_away
+from .phrasing import BENCHMARK_REGISTER_SHARES, DETAILS, REGISTERS, phrase
 from .scene import DEFAULT_STYLE, NO_EFFECTS, REAL_EFFECTS, Effects, Scene, Style, caption, random_scene, render
 
 SPLITS = ("train", "val", "test")
@@ -43,7 +50,7 @@ SINGLE_KINDS = tuple(SINGLE_EDITS)
 SPLIT_SALT = {"train": 1, "val": 2, "test": 3}
 WORLD_FORMAT = 2  # 2: registers and camera effects
 #: what a config written before a field existed meant by it (old worlds stay readable)
-LEGACY = {"registers": {"procedural": 1.0}, "effects": NO_EFFECTS.to_dict(), "describing": "partial"}
+LEGACY = {"registers": {"procedural": 1.0}, "effects": NO_EFFECTS.to_dict(), "describing": "partial", "drift": 0.0}
 MIN_RESOLUTION = 8
 #: written when a split starts, removed when its dataset.json lands: an interrupted split resumes only
 #: with the settings it was started with
@@ -66,10 +73,11 @@ class WorldConfig:
     kind_weights: dict[str, float] = field(default_factory=lambda: {
         "add": 1, "remove": 1, "colour": 1, "shape": 1, "size": 1, "move": 1, "two edits": 1.5})
     captions_per_image: int = 3
-    registers: dict[str, float] = field(default_factory=lambda: {"procedural": 1.0, "describing": 1.0,
-                                                                  "casual": 1.0})
+    #: register weights; default: their shares in the real benchmarks' texts (``BENCHMARK_REGISTER_SHARES``)
+    registers: dict[str, float] = field(default_factory=lambda: dict(BENCHMARK_REGISTER_SHARES))
     effects: dict[str, float] = field(default_factory=REAL_EFFECTS.to_dict)
     describing: str = "placed"           # what describing texts name besides the change (phrasing.DETAILS)
+    drift: float = 1.0                   # chance that each object an edit leaves alone changes size or place
 
     @property
     def camera(self) -> Effects:
@@ -80,6 +88,8 @@ class WorldConfig:
                 not any(isinstance(w, (int, float)) and w > 0 for w in self.registers.values()):
             raise CirlabError(f"world config: registers {self.registers!r}: weights of {', '.join(REGISTERS)}, "
                               f"at least one positive")
+        if isinstance(self.drift, bool) or not isinstance(self.drift, (int, float)) or not 0 <= self.drift <= 1:
+            raise CirlabError(f"world config: drift must be a number from 0 to 1, got {self.drift!r}")
         if self.describing not in DETAILS:
             raise CirlabError(f"world config: describing {self.describing!r}: one of {', '.join(DETAILS)}")
         if not isinstance(self.effects, dict) or set(self.effects) - set(Effects.__dataclass_fields__):
@@ -121,7 +131,7 @@ class WorldConfig:
                            underspecified=self.underspecified, max_alternatives=self.max_alternatives,
                            heldout=list(self.heldout), kind_weights=dict(self.kind_weights),
                            captions_per_image=self.captions_per_image, registers=dict(self.registers),
-                           effects=dict(self.effects), describing=self.describing)
+                           effects=dict(self.effects), describing=self.describing, drift=self.drift)
 
 
 class _GalleryBuilder:
@@ -165,6 +175,7 @@ def generate_split(cfg: WorldConfig, split: str) -> tuple[dict[str, Scene], list
         res = make_edit(ref, kind, rng, banned, under)
         if res is None:
             continue
+        res = drift(ref, res, rng, cfg.drift)
         ref_id = gal.add(ref)
         gal.add(res.target)
         for alt in res.alternatives[: cfg.max_alternatives]:
@@ -174,7 +185,7 @@ def generate_split(cfg: WorldConfig, split: str) -> tuple[dict[str, Scene], list
         for _ in range(cfg.reference_distractors):
             other = make_edit(ref, rng.choice(SINGLE_KINDS), rng, banned)
             if other is not None:
-                gal.add(other.target)
+                gal.add(drift(ref, other, rng, cfg.drift).target)
         queries.append((ref_id, res, kind))
     for _ in range(cfg.extra_gallery.get(split, 0)):
         gal.add(random_scene(rng, banned=banned))
@@ -188,6 +199,8 @@ def generate_split(cfg: WorldConfig, split: str) -> tuple[dict[str, Scene], list
             "underspecified": res.underspecified,
             "heldout": bool(res.target.combos() & heldout),
         }
+        if res.silent:
+            meta["silent"] = res.silent
         text = res.text
         if registers != ["procedural"]:  # a separate random stream: the scenes do not depend on the wording
             prng = random.Random(hash_seed(cfg.seed * 1000 + SPLIT_SALT[split], f"q{qn}"))

@@ -28,6 +28,17 @@ from typing import Any, Sequence
 from .scene import CELLS, Obj, Scene
 
 REGISTERS: tuple[str, ...] = ("procedural", "describing", "casual")
+#: first words that mark a modification text's register (``guess_register``): an imperative asks for a
+#: change (procedural); a verb of being / having, a determiner or a number describes the target
+PROCEDURAL_STARTS = frozenset("make add remove change turn replace put move take get zoom swap delete switch let "
+                              "place insert crop flip rotate use reduce increase decrease bring include keep set "
+                              "eliminate drop erase focus".split())
+DESCRIBING_STARTS = frozenset("is are has shows show showing contains with only a an the one two three four five "
+                              "there it its this picture image photo photograph".split())
+#: share of each register among the modification texts of the real benchmarks' val splits (CIRR
+#: ``cap.rc2.val``, FashionIQ ``cap.*.val``, CIRCO ``val``), each benchmark weighted equally, by
+#: ``guess_register`` (``tests/test_world_registers.py`` recomputes it from the annotation files)
+BENCHMARK_REGISTER_SHARES: dict[str, float] = {"procedural": 0.11, "describing": 0.74, "casual": 0.15}
 NUMBERS = ("no", "one", "two", "three", "four", "five", "six")
 DESCRIBING_VERBS = {"has", "shows", "contains", "also"}
 #: how much of the target a describing text names besides the changed objects: ``partial`` sometimes one
@@ -92,7 +103,7 @@ def _loose(scene: Scene, o: Obj) -> str:
 
 
 # (template, human-only). Fields: {noun} size colour shape, {cs} colour shape, {at} place, {ref} loose reference,
-# {old}/{new} the changed value, {shape}/{colour}, {n} number of shapes in the target, {rest} remaining objects.
+# {old}/{new} the changed value, {resize} a verb of the size change, {shape}/{colour}, {n} number of shapes in the target, {rest} remaining objects.
 DESCRIBING: dict[str, list[tuple[str, bool]]] = {
     "add": [("has a {noun} {at}", False), ("with a {noun} {at}", False), ("{n} shapes including a {noun} {at}", False),
             ("shows a {cs} {at} as well", True), ("also contains a {noun} {at}", True)],
@@ -117,8 +128,8 @@ CASUAL: dict[str, list[tuple[str, bool]]] = {
                ("want {ref} in {new} instead", True), ("same picture but a {new} {shape}", True)],
     "shape": [("same but {ref} is a {new}", False), ("a {new} instead of {ref}", False),
               ("swap {ref} for a {new}", True), ("same but with a {colour} {new} there", True)],
-    "size": [("same but {ref} is {new}", False), ("{ref} but {new}", False), ("blow up {ref}", True),
-             ("same but {ref} is tiny", True)],
+    "size": [("same but {ref} is {new}", False), ("{ref} but {new}", False), ("{resize} {ref}", True),
+             ("same but {ref} is quite {new}", True)],
     "move": [("same but {ref} goes {at}", False), ("{ref} {at} instead", False), ("shove {ref} over {at}", True),
              ("same but with {ref} {at}", True)],
 }
@@ -153,6 +164,7 @@ def _fields(ref: Scene, target: Scene, c: Change) -> dict[str, str]:
         f["cs"] = f"{c.before.colour} {c.before.shape}"
         if c.kind == "size":
             f["new"] = "big" if c.after.size == "large" else "small"
+            f["resize"] = "blow up" if c.after.size == "large" else "shrink"
     if c.kind == "move" and c.anywhere and c.before is not None:
         f["at"] = f"somewhere other than {_at(c.before.cell).split(' ', 1)[1]}"
     if c.kind == "remove":
@@ -219,6 +231,19 @@ def phrase(ref: Scene, target: Scene, ops: Sequence[dict[str, Any]], procedural:
     return Phrasing(register, re.sub(r"\ba ([aeiou])", r"an \1", text), tuple(ids), human_used)
 
 
+def guess_register(text: str) -> str:
+    """The register a modification text reads as, by its first word: an imperative (``PROCEDURAL_STARTS``) is
+    procedural, a description of the target (``DESCRIBING_STARTS``: "is red", "has a logo", "two dogs ...") is
+    describing, anything else (relative, casual: "same but ...", "fewer towels") casual. A rough reader for
+    real annotation files, not the inverse of ``phrase``."""
+    words = re.findall(r"[a-z]+", text.lower())
+    if not words:
+        return "casual"
+    if words[0] in PROCEDURAL_STARTS:
+        return "procedural"
+    return "describing" if words[0] in DESCRIBING_STARTS else "casual"
+
+
 def template_words() -> set[str]:
     """Every literal word the register templates, joiners and fillers can produce (placeholders excluded)."""
     words: set[str] = set()
@@ -226,9 +251,9 @@ def template_words() -> set[str]:
     tables += [t for d in (JOIN, PREFIX, SUFFIX) for opts in d.values() for t, _ in opts]
     for t in tables:
         words |= set(re.findall(r"[a-z]+", re.sub(r"\{[a-z]+\}", " ", t)))
-    return words | set(NUMBERS) | {"big", "small", "an", "empty", "background", "more", "somewhere", "other", "than",
+    return words | set(NUMBERS) | {"big", "small", "blow", "up", "shrink", "an", "empty", "background", "more", "somewhere", "other", "than",
                                    "one", "the", "a", "and", "in", "at"}
 
 
-__all__ = ["CASUAL", "Change", "DESCRIBING", "DETAILS", "NUMBERS", "Phrasing", "REGISTERS", "changes_of", "phrase",
+__all__ = ["BENCHMARK_REGISTER_SHARES", "CASUAL", "Change", "DESCRIBING", "DETAILS", "NUMBERS", "Phrasing", "REGISTERS", "changes_of", "guess_register", "phrase",
            "template_words"]
