@@ -83,11 +83,11 @@ def test_demo_writes_results_and_report(trained):
              "--seed", "2", "--world", str(root / "world"), cwd=root)  # the world made above, reused
     assert r.returncode == 0, r.stderr
     res = json.loads((root / "demo" / "results.json").read_text())
-    assert [x["method"] for x in res["results"]] == ["image", "text", "sum"]
+    assert [x["method"] for x in res["results"]] == ["image", "text", "sum", "weighted:0.7"]
     for x in res["results"]:
         assert x["backbone"].startswith("tiny:") and "recall@1" in x["metrics"] and "map@10" in x["metrics"]
     html = (root / "demo" / "report.html").read_text()
-    assert html.count("<h2>") == 4 and "data:image/png;base64," in html and "class='ok'" in html
+    assert html.count("<h2>") == 5 and "data:image/png;base64," in html and "class='ok'" in html
     assert "recall@10" in r.stdout
 
 
