@@ -135,7 +135,7 @@ def test_flipped_bytes_in_any_stored_file_are_refused_or_harmless(setup, tmp_pat
     root, ids, x = setup
     out = tmp_path / "idx"
     assert main(["index", str(root / "gallery"), "--out", str(out), "--backbone", f"tiny:{root / 'bb'}",
-                 "--chunk-size", str(CHUNK), "--feature-cache", "off"]) == 0
+                 "--chunk-size", str(CHUNK), "--batch-size", "2", "--feature-cache", "off"]) == 0
     files = sorted(p for p in out.iterdir() if p.is_file() and p.name != ".cirlab.lock")
     sealed = set(json.loads((out / MANIFEST).read_text())["files"])
     rng = random.Random(7)

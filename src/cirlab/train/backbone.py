@@ -231,6 +231,7 @@ def train_backbone(cfg: BackboneTrainConfig, progress: bool = True) -> dict[str,
 
     log: list[dict[str, Any]] = []
     step = 0
+    loss_sum, loss_n = 0.0, 0  # the logged loss is the mean over the steps since the last entry (one batch is noisy)
     t0 = time.time()
     detail = f"--max-steps {cfg.max_steps}" if cfg.max_steps else f"{cfg.epochs} epochs x {steps_per_epoch}"
     estimate = RunEstimate("train tiny backbone", total, detail, "--max-steps N for fewer", enabled=progress)
@@ -259,12 +260,14 @@ def train_backbone(cfg: BackboneTrainConfig, progress: bool = True) -> dict[str,
             estimate.step()
             bar.update(1)
             bar.set_postfix(loss=f"{loss.item():.3f}")
+            loss_sum, loss_n = loss_sum + loss.item(), loss_n + 1
             if step % steps_per_epoch == 0 or step == total:
-                entry: dict[str, Any] = {"step": step, "loss": round(loss.item(), 4),
+                entry: dict[str, Any] = {"step": step, "loss": round(loss_sum / loss_n, 4),
                                          "seconds": round(time.time() - t0, 1)}
                 if eval_set is not None and (step == total or step % (steps_per_epoch * 2) == 0):
                     entry.update(retrieval_eval(model, *eval_set))
                 log.append(entry)
+                loss_sum, loss_n = 0.0, 0
                 if progress:
                     tqdm.write(json.dumps(entry), file=sys.stderr)
     bar.close()
