@@ -89,7 +89,7 @@ def test_drift_changes_every_object_the_edit_leaves_alone_and_only_those(small_w
             assert twins and o not in target.objects, (o, target)
         drifted += bool(left_alone)
     assert drifted >= len(rows) // 2
-    # without drift the queries are the exact edits, byte for byte those of a config written before drift
+    # a config written before drift existed reads as drift 0: exact edits, no silent changes
     old = WorldConfig(seed=3).small(60).to_dict()
     del old["drift"]
     assert WorldConfig.from_dict(old).drift == 0.0

@@ -103,7 +103,8 @@ def _loose(scene: Scene, o: Obj) -> str:
 
 
 # (template, human-only). Fields: {noun} size colour shape, {cs} colour shape, {at} place, {ref} loose reference,
-# {old}/{new} the changed value, {resize} a verb of the size change, {shape}/{colour}, {n} number of shapes in the target, {rest} remaining objects.
+# {old}/{new} the changed value, {resize} a verb of the size change, {shape}/{colour}, {n} number of shapes in
+# the target, {rest} remaining objects.
 DESCRIBING: dict[str, list[tuple[str, bool]]] = {
     "add": [("has a {noun} {at}", False), ("with a {noun} {at}", False), ("{n} shapes including a {noun} {at}", False),
             ("shows a {cs} {at} as well", True), ("also contains a {noun} {at}", True)],
@@ -251,9 +252,9 @@ def template_words() -> set[str]:
     tables += [t for d in (JOIN, PREFIX, SUFFIX) for opts in d.values() for t, _ in opts]
     for t in tables:
         words |= set(re.findall(r"[a-z]+", re.sub(r"\{[a-z]+\}", " ", t)))
-    return words | set(NUMBERS) | {"big", "small", "blow", "up", "shrink", "an", "empty", "background", "more", "somewhere", "other", "than",
-                                   "one", "the", "a", "and", "in", "at"}
+    return words | set(NUMBERS) | {"big", "small", "blow", "up", "shrink", "an", "empty", "background", "more",
+                                   "somewhere", "other", "than", "one", "the", "a", "and", "in", "at"}
 
 
-__all__ = ["BENCHMARK_REGISTER_SHARES", "CASUAL", "Change", "DESCRIBING", "DETAILS", "NUMBERS", "Phrasing", "REGISTERS", "changes_of", "guess_register", "phrase",
-           "template_words"]
+__all__ = ["BENCHMARK_REGISTER_SHARES", "CASUAL", "Change", "DESCRIBING", "DETAILS", "NUMBERS", "Phrasing", "REGISTERS",
+           "changes_of", "guess_register", "phrase", "template_words"]
