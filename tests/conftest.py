@@ -37,13 +37,14 @@ EQUAL_REGISTERS = {"procedural": 1.0, "describing": 1.0, "casual": 1.0}
 
 @pytest.fixture(scope="session")
 def small_world(tmp_path_factory) -> Path:
-    """A miniature world (all splits) on disk; returns its root. Exact edits (``drift=0``) and the three registers
-    in equal shares: the world on which the tests' bars (learned methods, backbones, rewriters) were measured;
-    the default world's drift and register shares have their own tests (``test_world*.py``)."""
+    """A miniature world (all splits) on disk; returns its root. Exact edits (``drift=0``), the three registers
+    in equal shares and every describing text at the config's detail (``brief=0``): the world on which the tests'
+    bars (learned methods, backbones, rewriters) were measured; the default world's drift, register shares and
+    brief describing texts have their own tests (``test_world*.py``)."""
     from cirlab.world import WorldConfig, generate_world
 
     root = tmp_path_factory.mktemp("world")
-    cfg = WorldConfig(seed=3, drift=0.0, registers=EQUAL_REGISTERS).small(60)
+    cfg = WorldConfig(seed=3, drift=0.0, registers=EQUAL_REGISTERS, brief=0.0).small(60)
     generate_world(root, cfg, progress=False)
     return root
 

@@ -92,6 +92,49 @@ def test_full_describing_texts_name_every_unchanged_object_partial_ones_at_most_
         phrase(ref, target, ops, "x", "describing", random.Random(0), detail="everything")
 
 
+def test_brief_share_of_describing_texts_names_only_the_change():
+    """By default a fifth of the describing texts are brief (``partial`` detail: the change and at most one other
+    object), the rest name the whole target; the draw does not touch scenes, registers or procedural texts, and a
+    config without the field reads as ``brief = 0`` (no draw: the texts of before)."""
+    from cirlab.errors import CirlabError
+
+    assert WorldConfig().brief == 0.2
+    scenes, rows = generate_split(WorldConfig(seed=3).small(300), "test")
+    n = len(rows)
+    brief = [r for r in rows if r["meta"]["detail"] == "partial"]
+    assert {r["meta"]["detail"] for r in rows} == {"partial", "placed"}
+    assert abs(len(brief) - 0.2 * n) <= 4 * (n * 0.2 * 0.8) ** 0.5, len(brief)
+
+    def others_named(row):  # unchanged objects of the target its describing text names by colour and shape
+        ref, target = scenes[row["reference"]], scenes[row["targets"][0]]
+        changed = {c.after for c in changes_of(ref, row["meta"]["ops"]) if c.after is not None}
+        text = row["meta"]["texts"]["describing"]
+        return sum(f"{o.colour} {o.shape}" in text for o in target.objects if o not in changed), \
+            len([o for o in target.objects if o not in changed])
+
+    counts = [others_named(r) for r in rows if not r["meta"]["underspecified"]]
+    details = [r["meta"]["detail"] for r in rows if not r["meta"]["underspecified"]]
+    for (named, unchanged), d in zip(counts, details):
+        if d == "placed" and unchanged:
+            assert named >= 1
+    # brief texts name few of the unchanged objects (a remove's "only ..." lists some) and are shorter
+    long_ones = [c for (c, u), d in zip(counts, details) if d == "placed" and u >= 3]
+    short_ones = [c for (c, u), d in zip(counts, details) if d == "partial" and u >= 3]
+    assert short_ones and long_ones and sum(short_ones) / len(short_ones) < 0.5 * sum(long_ones) / len(long_ones)
+    words = lambda d: [len(r["meta"]["texts"]["describing"].split()) for r in rows if r["meta"]["detail"] == d]  # noqa: E731
+    assert sum(words("partial")) / len(words("partial")) < 0.6 * sum(words("placed")) / len(words("placed"))
+    _, none = generate_split(WorldConfig(seed=3, brief=0.0).small(300), "test")
+    assert [(r["reference"], r["targets"], r["meta"]["register"], r["meta"]["texts"]["procedural"]) for r in rows] == \
+           [(r["reference"], r["targets"], r["meta"]["register"], r["meta"]["texts"]["procedural"]) for r in none]
+    assert {r["meta"]["detail"] for r in none} == {"placed"}
+    old = WorldConfig(seed=3).small(300).to_dict()
+    del old["brief"]  # a dataset.json written before the field existed
+    assert WorldConfig.from_dict(old).brief == 0.0
+    assert [r["caption"] for r in generate_split(WorldConfig.from_dict(old), "test")[1]] == [r["caption"] for r in none]
+    with pytest.raises(CirlabError, match="brief"):
+        WorldConfig(brief=1.5)
+
+
 def test_changes_replay_the_ops():
     ref = Scene.of([Obj(0, "circle", "red", "large"), Obj(4, "star", "blue", "small")])
     ops = [{"op": "set", "cell": 0, "to_cell": 8}, {"op": "add", "object": ["square", "gray", "small", 2]}]

@@ -19,7 +19,12 @@ drawn through the world's camera (``effects``, see ``scene.Effects``), which no 
 ``registers = {"procedural": 1}`` and no effects, and gives the same queries and texts as then; one
 written before ``describing`` existed reads as ``describing = "partial"`` (format 2 as first
 written: describing texts name the change and sometimes one other object); one written before
-``drift`` existed reads as ``drift = 0`` (every target is exactly the reference with the edit applied).
+``drift`` existed reads as ``drift = 0`` (every target is exactly the reference with the edit applied);
+one written before ``brief`` existed reads as ``brief = 0`` (every describing text at ``describing`` detail).
+
+Brief describing texts: annotators differ in how much of the target they name. With ``brief`` a share
+of the queries gets describing texts at ``partial`` detail (the change and sometimes one other object)
+whatever ``describing`` says; ``meta.detail`` records which.
 
 Drift: real targets are other photos, not the reference retouched; with ``drift`` each object an edit
 leaves alone also changes size or place in the edited scene, unmentioned (``edits.drift``; the changes
@@ -50,7 +55,8 @@ SINGLE_KINDS = tuple(SINGLE_EDITS)
 SPLIT_SALT = {"train": 1, "val": 2, "test": 3}
 WORLD_FORMAT = 2  # 2: registers and camera effects
 #: what a config written before a field existed meant by it (old worlds stay readable)
-LEGACY = {"registers": {"procedural": 1.0}, "effects": NO_EFFECTS.to_dict(), "describing": "partial", "drift": 0.0}
+LEGACY = {"registers": {"procedural": 1.0}, "effects": NO_EFFECTS.to_dict(), "describing": "partial", "drift": 0.0,
+          "brief": 0.0}
 MIN_RESOLUTION = 8
 #: written when a split starts, removed when its dataset.json lands: an interrupted split resumes only
 #: with the settings it was started with
@@ -78,6 +84,7 @@ class WorldConfig:
     effects: dict[str, float] = field(default_factory=REAL_EFFECTS.to_dict)
     describing: str = "placed"           # what describing texts name besides the change (phrasing.DETAILS)
     drift: float = 1.0                   # chance that each object an edit leaves alone changes size or place
+    brief: float = 0.2                   # share of describing texts worded at ``partial`` detail whatever ``describing``
 
     @property
     def camera(self) -> Effects:
@@ -90,6 +97,8 @@ class WorldConfig:
                               f"at least one positive")
         if isinstance(self.drift, bool) or not isinstance(self.drift, (int, float)) or not 0 <= self.drift <= 1:
             raise CirlabError(f"world config: drift must be a number from 0 to 1, got {self.drift!r}")
+        if isinstance(self.brief, bool) or not isinstance(self.brief, (int, float)) or not 0 <= self.brief <= 1:
+            raise CirlabError(f"world config: brief must be a number from 0 to 1, got {self.brief!r}")
         if self.describing not in DETAILS:
             raise CirlabError(f"world config: describing {self.describing!r}: one of {', '.join(DETAILS)}")
         if not isinstance(self.effects, dict) or set(self.effects) - set(Effects.__dataclass_fields__):
@@ -131,7 +140,7 @@ class WorldConfig:
                            underspecified=self.underspecified, max_alternatives=self.max_alternatives,
                            heldout=list(self.heldout), kind_weights=dict(self.kind_weights),
                            captions_per_image=self.captions_per_image, registers=dict(self.registers),
-                           effects=dict(self.effects), describing=self.describing, drift=self.drift)
+                           effects=dict(self.effects), describing=self.describing, drift=self.drift, brief=self.brief)
 
 
 class _GalleryBuilder:
@@ -206,10 +215,12 @@ def generate_split(cfg: WorldConfig, split: str) -> tuple[dict[str, Scene], list
             prng = random.Random(hash_seed(cfg.seed * 1000 + SPLIT_SALT[split], f"q{qn}"))
             register = prng.choices(registers, [cfg.registers[r] for r in registers])[0]
             ref = gal.scenes[ref_id]
+            # no draw at brief 0: worlds written before the field give the same texts
+            detail = "partial" if cfg.brief > 0 and prng.random() < cfg.brief else cfg.describing
             words = {r: phrase(ref, res.target, res.ops, res.text, r, prng, human=True,
-                               underspecified=res.underspecified, detail=cfg.describing) for r in REGISTERS}
+                               underspecified=res.underspecified, detail=detail) for r in REGISTERS}
             text = words[register].text
-            meta.update({"register": register, "texts": {r: w.text for r, w in words.items()},
+            meta.update({"register": register, "texts": {r: w.text for r, w in words.items()}, "detail": detail,
                          "phrasing": list(words[register].templates), "human_only": words[register].human_only})
         rows.append({"id": f"{split}-q{qn:05d}", "reference": ref_id, "caption": text, "targets": targets,
                      "meta": meta})
