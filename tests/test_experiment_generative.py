@@ -147,3 +147,36 @@ def test_oracles_are_labelled_and_kept_out_of_the_ranking():
     md = markdown(payload)
     assert "| ip-cir (oracle) |" in md
     assert "oracles excluded): sum > image" in md and "- `ip-cir`: renderer" in md
+
+
+def test_resume_reuses_only_what_was_trained_on_the_same_train_split_and_backbone(tmp_path):
+    """``train_identity`` follows the gallery and images, not the triplets; a record reused under ``--resume`` must
+    match the seed, budget, backbone and that identity."""
+    from cirlab.experiments.generative import SPEC_FILE, _previous, train_identity
+    from cirlab.world import WorldConfig, generate_world
+
+    worlds = {}
+    for name, cfg in {"a": WorldConfig(seed=5, brief=0.0), "b": WorldConfig(seed=5, brief=1.0),
+                      "c": WorldConfig(seed=6)}.items():
+        worlds[name] = tmp_path / name
+        generate_world(worlds[name], cfg.small(8), ("train",), progress=False)
+    ids = {k: train_identity(w / "train") for k, w in worlds.items()}
+    # the brief share changes the triplets' texts only: same gallery and images, same identity
+    assert (worlds["a"] / "train" / "triplets.jsonl").read_bytes() != (worlds["b"] / "train" / "triplets.jsonl").read_bytes()
+    assert ids["a"] == ids["b"] and ids["a"] != ids["c"] and len(ids["a"]) == 64
+    (worlds["b"] / "train" / "images" / "train-000000.png").write_bytes(b"not the image")  # identity is recorded
+    assert train_identity(worlds["b"] / "train") == ids["b"]                               # at generation, not re-hashed
+    assert train_identity(tmp_path / "nowhere") is None
+
+    out = tmp_path / "run"
+    out.mkdir()
+    budget = {"quick": True, "options": None, "seed": 0, "backbone": "tiny:world", "train": ids["a"]}
+    (out / SPEC_FILE).write_text(json.dumps({"trainer": "pic2word", "spec": "pic2word:x", "seconds": 1.0, **budget}))
+    assert _previous(out, budget)["spec"] == "pic2word:x"
+    assert _previous(out, {**budget, "train": ids["c"]}) is None
+    assert _previous(out, {**budget, "backbone": "tiny:alt-600"}) is None
+    assert _previous(out, {**budget, "seed": 1}) is None
+    # a record written before the backbone and the train split were recorded is not reused
+    (out / SPEC_FILE).write_text(json.dumps({"trainer": "pic2word", "spec": "pic2word:x", "seconds": 1.0,
+                                             "quick": True, "options": None, "seed": 0}))
+    assert _previous(out, budget) is None

@@ -37,7 +37,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     g.add_argument("--fail-fast", action="store_true", help="stop at the first failing trainer")
     g.add_argument("--resume", action="store_true", help="reuse a trainer's result from an earlier run into the same "
                                                          f"--out (its OUT/seed-S/NAME/{SPEC_FILE}) when the budget "
-                                                         "(--quick, its options) is the same")
+                                                         "(--quick, its options), the backbone and the train split "
+                                                         "(gallery and images) are the same")
     g.add_argument("--threads", type=int, default=None, help="torch CPU threads")
     g.add_argument("--report", type=Path, default=None, help="also write PREFIX.json and PREFIX.md (e.g. docs/...)")
     g.add_argument("--no-progress", action="store_true", help="no progress bars")

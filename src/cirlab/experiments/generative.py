@@ -16,10 +16,12 @@ the saved rankings (``OUT/rankings/seed-S/NAME.json``); overall = all queries. W
 ``--report PREFIX``, ``PREFIX.json`` / ``PREFIX.md``. A trainer or method that fails is listed
 under "failures" in both files and on stderr, and the command then exits with status 1.
 After a success a trainer's directory gets ``zeroshot-spec.json``; ``--resume`` reuses it
-(same seed, ``--quick`` and options) instead of training again, e.g. to add seeds to a run.
+(same seed, ``--quick``, options, backbone and train split: its gallery and images, ``train_identity``)
+instead of training again, e.g. to add seeds to a run.
 """
 from __future__ import annotations
 
+import hashlib
 import importlib
 import json
 import pkgutil
@@ -157,6 +159,20 @@ def _failure(failures: list[dict[str, Any]], what: str, name: str, seed: int | N
           + f": {entry['error']}", file=sys.stderr)
 
 
+def train_identity(split: Path) -> str | None:
+    """A digest of what the zero-shot trainers read from a train split: its gallery and images, by the
+    sha256 that ``dataset.json`` records (never its triplets, so worlds that differ only in their query
+    texts share it); None when the split records no file digests."""
+    try:
+        files = json.loads((split / "dataset.json").read_text()).get("files")
+    except (OSError, json.JSONDecodeError, AttributeError):
+        return None
+    if not isinstance(files, dict) or not files:
+        return None
+    read = {k: v.get("sha256") for k, v in sorted(files.items()) if k != "triplets.jsonl" and isinstance(v, dict)}
+    return hashlib.sha256(json.dumps(read, sort_keys=True).encode()).hexdigest()
+
+
 def _previous(out: Path, budget: dict[str, Any]) -> dict[str, Any] | None:
     """The record of an earlier successful training into ``out`` with the same budget, if any."""
     p = out / SPEC_FILE
@@ -201,6 +217,7 @@ def run_generative(cfg: GenerativeConfig, command: str = "") -> dict[str, Any]:
                                        "traceback": ""} for f in import_failures]
     progress = cfg.progress
 
+    train_id = train_identity(world / "train")
     runs: list[tuple[str, str, int | None]] = []  # (display name, spec, seed or None for untrained)
     training: dict[str, dict[str, Any]] = {}
     for seed in cfg.seeds:
@@ -211,7 +228,8 @@ def run_generative(cfg: GenerativeConfig, command: str = "") -> dict[str, Any]:
             ctx = ZeroShotContext(backbone, world, out, seed=seed, quick=cfg.quick, progress=progress,
                                   trained=dict(trained), options=options)
             t0 = time.time()
-            budget = {"quick": cfg.quick, "options": options.get(name), "seed": seed}
+            budget = {"quick": cfg.quick, "options": options.get(name), "seed": seed, "backbone": backbone.spec,
+                      "train": train_id}
             record = _previous(out, budget) if cfg.resume else None
             print(f"== {'reuse' if record else 'train'} {name} (seed {seed})", file=sys.stderr)
             try:
