@@ -191,7 +191,8 @@ def test_shipped_alt_text_checkpoint_reads_target_descriptions(tmp_path):
     from cirlab.world import WorldConfig, generate_world
 
     world = tmp_path / "world"
-    exact = dict(drift=0.0, registers={"procedural": 1.0, "describing": 1.0, "casual": 1.0})  # where it was measured
+    # where it was measured: exact edits, equal registers, every describing text at the config's detail
+    exact = dict(drift=0.0, brief=0.0, registers={"procedural": 1.0, "describing": 1.0, "casual": 1.0})
     generate_world(world, WorldConfig(seed=3, describing="partial", **exact).small(60), ("test",), progress=False)
     alt = create_backbone("tiny:alt")
     assert alt.config.text_encoder == "clip"
